@@ -1,4 +1,4 @@
-"""supabase-manager's core: desired state, templates, instances and the adapters to Docker and Caddy.
+"""supabase-manager's core: desired state, templates, instances, adapters to Docker and Caddy.
 
 Nothing in this package talks to a terminal; the front-ends live in ``shell``.
 """

@@ -17,9 +17,10 @@ def _parse_range(text: str) -> tuple[int, int]:
     try:
         low, high = (int(part) for part in str(text).split("-", 1))
     except ValueError:
-        raise UsageError(f"invalid port range {text!r}: expected LOW-HIGH, e.g. 20000-29999") from None
+        message = f"invalid port range {text!r}: expected LOW-HIGH, e.g. 20000-29999"
+        raise UsageError(message) from None
     if not (1024 <= low <= high <= 65535):
-        raise UsageError(f"invalid port range {text!r}: ports must lie within 1024-65535, low first")
+        raise UsageError(f"invalid port range {text!r}: use ports within 1024-65535, low first")
     return low, high
 
 

@@ -5,42 +5,215 @@ line to the audit log.
 Every method raises a ``controller.errors.ManagerError`` subclass on failure (UsageError: bad input,
 nothing changed, exit 2; anything else: exit 1) with a one-line message that holds no secret.
 ``progress`` callbacks receive short human-readable lines ("waiting for db: starting").
+
+Heavy modules (docker SDK, python-on-whales, httpx, the renderer) are imported where they are used,
+so that cheap commands and completion start fast.
 """
 
+import contextlib
+import os
+import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from controller import audit
 from controller.config import Settings
-from controller.views import EnvChange, InstanceDetail, InstanceSummary, TemplateView
+from controller.errors import CaddyUnavailable, ManagerError, OperationError, UsageError
+from controller.names import validate_name
+from controller.state import CREATING, READY, InstanceRecord, State, StateStore
+from controller.views import (
+    INCOMPLETE,
+    MISSING,
+    PARTIAL,
+    RUNNING,
+    STOPPED,
+    ContainerView,
+    EnvChange,
+    InstanceDetail,
+    InstanceSummary,
+    TemplateView,
+    mask,
+)
 
 Progress = Callable[[str], None]
+
+# Variables that supabase-manager owns in every instance's .env.
+MANAGED_KEYS = frozenset({"COMPOSE_PROJECT_NAME", "COMPOSE_FILE"})
+# Changing these needs more than a restart (the password lives in the database too).
+UNSAFE_KEYS = frozenset({"POSTGRES_PASSWORD"})
+WAIT_TIMEOUT = float(os.environ.get("SUPABASE_MANAGER_WAIT_TIMEOUT", "300"))
+_MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
 def _quiet(_: str) -> None:
     pass
 
 
+def parse_memory(text: str) -> str:
+    """Accept 512m, 2g, 1073741824 (bytes); anything else is bad input."""
+    value = text.strip().lower()
+    number, unit = value.rstrip("bkmg"), value[len(value.rstrip("bkmg")) :]
+    unit = unit.rstrip("b") or ("b" if unit else "")
+    if not number.isdigit() or unit not in _MEMORY_UNITS or int(number) == 0:
+        raise UsageError(f"invalid memory limit {text!r}: use a size like 512m or 2g")
+    if int(number) * _MEMORY_UNITS[unit] < 6 * 1024**2:
+        raise UsageError(f"memory limit {text!r} is below Docker's minimum of 6m")
+    return value
+
+
+def _instance_status(record: InstanceRecord, containers: list) -> tuple[str, int, int]:
+    running = sum(1 for c in containers if c.state == "running")
+    # A one-shot helper (e.g. a bucket creator) that exited 0 has done its job.
+    done = sum(1 for c in containers if c.state == "exited" and c.exit_code == 0)
+    if record.phase == CREATING:
+        return INCOMPLETE, running, len(containers)
+    if not containers:
+        return MISSING, 0, 0
+    if running == 0:
+        return STOPPED, 0, len(containers)
+    if running + done == len(containers):
+        return RUNNING, running, len(containers)
+    return PARTIAL, running, len(containers)
+
+
+def _folder_size(path: Path) -> int:
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_blocks * 512
+    return total
+
+
 class Manager:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.store = StateStore(settings.state_path, settings.lock_path)
 
-    # --- templates -------------------------------------------------------------------------
+    # --- helpers ------------------------------------------------------------------------------
+    def _audit(self, command: str, instance: str | None, outcome: str, detail: str = "") -> None:
+        audit.append(self.settings.audit_path, command, instance, outcome, detail)
+
+    @contextlib.contextmanager
+    def _audited(self, command: str, instance: str | None) -> Iterator[None]:
+        try:
+            yield
+        except ManagerError as exc:
+            self._audit(command, instance, "failed", str(exc))
+            raise
+        except KeyboardInterrupt:
+            self._audit(command, instance, "interrupted")
+            raise
+        self._audit(command, instance, "ok")
+
+    def _record(self, name: str, state: State | None = None) -> InstanceRecord:
+        validate_name(name)
+        state = state or self.store.read()
+        record = state.instances.get(name)
+        if record is None:
+            raise OperationError(f"no instance named {name!r}")
+        return record
+
+    def _template(self, name: str):
+        from controller.templatefiles import TemplateFiles
+
+        path = self.settings.template_dir(name)
+        if not (path / "docker-compose.yml").is_file():
+            raise OperationError(f"template {name!r} is missing from {path}")
+        return TemplateFiles(path)
+
+    def _compose(self, name: str):
+        from controller.compose import Compose
+        from controller.render import compose_files
+
+        directory = self.settings.instance_dir(name)
+        return Compose(name, directory, compose_files(directory))
+
+    def _docker(self):
+        from controller.dockerapi import DockerAPI
+
+        api = DockerAPI()
+        api.ping()
+        return api
+
+    def _env(self, name: str):
+        from controller.envfile import EnvFile
+
+        path = self.settings.instance_dir(name) / ".env"
+        try:
+            return EnvFile.parse(path.read_text())
+        except FileNotFoundError:
+            raise OperationError(f"{path} is missing; run `create {name}` to finish it") from None
+
+    def _services(self, name: str, services: list[str] | None) -> list[str] | None:
+        if not services:
+            return None
+        known = set(self.service_names(name))
+        unknown = [s for s in services if s not in known]
+        if unknown:
+            raise UsageError(
+                f"{name} has no service {unknown[0]!r}; services: {', '.join(sorted(known))}"
+            )
+        return services
+
+    # --- templates ----------------------------------------------------------------------------
     def template_fetch(self, ref: str | None = None, progress: Progress = _quiet) -> str:
         """Download docker/ of supabase/supabase at ``ref`` (default: the pinned tag); its name."""
-        raise NotImplementedError
+        from controller.templates import fetch_template
+
+        with self._audited(f"template fetch {ref or ''}".strip(), None):
+            record = fetch_template(self.settings, ref, progress)
+            with self.store.transaction() as state:
+                state.templates[record.name] = record
+        return record.name
 
     def template_tags(self) -> list[str]:
         """The self-hosted release tags upstream (``template fetch --list``)."""
-        raise NotImplementedError
+        from controller.templates import list_tags
+
+        return list_tags(self.settings)
 
     def template_import(self, path: Path, name: str | None = None) -> str:
         """Import a folder or .tar.gz holding the docker/ folder; returns the template's name."""
-        raise NotImplementedError
+        from controller.templates import import_template
+
+        with self._audited(f"template import {path}", None):
+            record = import_template(self.settings, Path(path), name)
+            with self.store.transaction() as state:
+                state.templates[record.name] = record
+        return record.name
 
     def template_list(self) -> list[TemplateView]:
-        raise NotImplementedError
+        from controller.templatefiles import TemplateFiles
 
-    # --- instances ---------------------------------------------------------------------------
+        state = self.store.read()
+        views = []
+        for name in self.template_names():
+            record = state.templates.get(name)
+            path = self.settings.template_dir(name)
+            try:
+                images = TemplateFiles(path).images()
+            except ManagerError:
+                images = {}
+            users = sorted(n for n, r in state.instances.items() if r.template == name)
+            views.append(TemplateView(name, record.source if record else "local", images, users))
+        return views
+
+    def _default_template(self, state: State) -> str:
+        names = self.template_names()
+        if not names:
+            raise UsageError(
+                "no template yet: run `template fetch` or `template import PATH` first"
+            )
+        if len(names) == 1:
+            return names[0]
+        recorded = [t for t in state.templates.values() if t.name in names]
+        if recorded:
+            return max(recorded, key=lambda t: t.added_at).name
+        return sorted(names)[-1]
+
+    # --- instances ----------------------------------------------------------------------------
     def create(
         self,
         name: str,
@@ -54,25 +227,293 @@ class Manager:
         progress: Progress = _quiet,
     ) -> list[str]:
         """Create (or finish creating) an instance; returns warnings (e.g. Caddy change pending)."""
-        raise NotImplementedError
+        validate_name(name)
+        command = "create" + (" --no-start" if not start else "")
+        with self._audited(command, name):
+            return self._create(
+                name, template, overlays, extra_compose, ports, cpus, memory, start, progress
+            )
+
+    def _create(
+        self, name, template, overlays, extra_compose, ports, cpus, memory, start, progress
+    ) -> list[str]:
+        from controller.ports import allocate
+        from controller.render import needed_ports, render_instance
+
+        if cpus is not None and not 0 < cpus <= (os.cpu_count() or 1) * 4:
+            raise UsageError(f"invalid --cpus {cpus}: give a positive number of CPUs")
+        memory = parse_memory(memory) if memory else None
+        extra = [Path(p).absolute() for p in extra_compose or []]
+        for path in extra:
+            if not path.is_file():
+                raise UsageError(f"extra compose file {path} does not exist")
+        if start:
+            self._docker()  # Docker down: fail now, before anything is written.
+            from controller.compose import check_cli
+
+            check_cli()
+
+        with self.store.transaction() as state:
+            existing = state.instances.get(name)
+            if existing and existing.phase == READY:
+                raise UsageError(f"instance {name!r} already exists")
+            if existing:
+                progress(f"finishing the interrupted create of {name}")
+                record = existing
+            else:
+                template = template or self._default_template(state)
+                files = self._template(template)
+                overlays = list(dict.fromkeys(overlays or []))
+                files.compose_paths(overlays)  # unknown overlay: UsageError, nothing written
+                allocated = allocate(
+                    needed_ports(files, overlays),
+                    ports or {},
+                    state.used_ports(),
+                    self.settings.port_range,
+                )
+                record = InstanceRecord(
+                    name=name,
+                    template=template,
+                    overlays=overlays,
+                    extra_compose=[str(p) for p in extra],
+                    ports=allocated,
+                    cpus=cpus,
+                    memory=memory,
+                    autostart=start,
+                )
+                state.instances[name] = record
+
+        files = self._template(record.template)
+        progress(f"rendering {self.settings.instance_dir(name)}")
+        # On a resumed create the sources may be gone; render keeps the copies it already made.
+        sources = [Path(p) for p in record.extra_compose if Path(p).is_file()]
+        render_instance(self.settings, record, files, sources)
+        warnings = self._publish(name, record)
+        if start:
+            progress("starting containers")
+            self._compose(name).up()
+            self._wait_healthy(name, progress)
+        with self.store.transaction() as state:
+            if name in state.instances:
+                state.instances[name].phase = READY
+        return warnings
+
+    def _wait_healthy(self, name: str, progress: Progress, timeout: float = WAIT_TIMEOUT) -> None:
+        """Wait until every container runs (and is healthy where it has a healthcheck)."""
+        api = self._docker()
+        deadline = time.monotonic() + timeout
+        last = ""
+        while True:
+            containers = api.containers(name)
+            waiting = sorted(
+                f"{c.service}: {c.health or c.state}"
+                for c in containers
+                if not (c.state == "running" and c.health in (None, "healthy"))
+                and not (c.state == "exited" and c.exit_code == 0)
+            )
+            if containers and not waiting:
+                progress(f"{name}: all {len(containers)} services are up")
+                return
+            line = "waiting for " + ", ".join(waiting) if waiting else "waiting for containers"
+            if line != last:
+                progress(line)
+                last = line
+            failed = [c for c in containers if c.state == "exited" and c.exit_code]
+            if failed or time.monotonic() > deadline:
+                culprit = (failed or [c for c in containers if c.health != "healthy"] or [None])[0]
+                what = (
+                    f"service {culprit.service} ({culprit.health or culprit.state})"
+                    if culprit
+                    else "its containers"
+                )
+                raise OperationError(f"{name}: {what} did not become healthy")
+            time.sleep(0.5)
 
     def start(self, name: str, services: list[str] | None = None, progress: Progress = _quiet):
-        raise NotImplementedError
+        record = self._record(name)
+        services = self._services(name, services)
+        with self._audited("start " + " ".join(services or []), name):
+            self._require_ready(record)
+            self._docker()
+            self._compose(name).up(services)
+            if not services:
+                self._set_autostart(name, True)
+            self._wait_healthy(name, progress)
+
+    def start_all(self, progress: Progress = _quiet) -> list[str]:
+        """Start every instance marked to start (boot); returns the names started."""
+        started, failures = [], []
+        for name, record in sorted(self.store.read().instances.items()):
+            if record.phase != READY or not record.autostart:
+                continue
+            try:
+                self.start(name, progress=progress)
+                started.append(name)
+            except ManagerError as exc:
+                failures.append(str(exc))
+        if failures:
+            raise OperationError(f"{len(failures)} instance(s) failed to start: {failures[0]}")
+        return started
 
     def stop(self, name: str, services: list[str] | None = None, progress: Progress = _quiet):
-        raise NotImplementedError
+        record = self._record(name)
+        services = self._services(name, services)
+        with self._audited("stop " + " ".join(services or []), name):
+            self._require_ready(record)
+            self._docker()
+            progress(f"stopping {name}")
+            self._compose(name).stop(services)
+            if not services:
+                self._set_autostart(name, False)
 
     def restart(self, name: str, services: list[str] | None = None, progress: Progress = _quiet):
-        raise NotImplementedError
+        record = self._record(name)
+        services = self._services(name, services)
+        with self._audited("restart " + " ".join(services or []), name):
+            self._require_ready(record)
+            self._docker()
+            progress(f"restarting {name}")
+            # `up` recreates containers whose configuration (.env) changed; restart the rest.
+            compose = self._compose(name)
+            compose.up(services)
+            compose.restart(services)
+            self._wait_healthy(name, progress)
+
+    def _require_ready(self, record: InstanceRecord) -> None:
+        if record.phase != READY:
+            raise OperationError(
+                f"instance {record.name!r} is incomplete: run `create {record.name}` to finish "
+                f"it or `delete {record.name}` to remove it"
+            )
+
+    def _set_autostart(self, name: str, value: bool) -> None:
+        with self.store.transaction() as state:
+            if name in state.instances:
+                state.instances[name].autostart = value
 
     def delete(self, name: str, purge: bool = False, progress: Progress = _quiet) -> list[str]:
-        raise NotImplementedError
+        self._record(name)
+        warnings: list[str] = []
+        with self._audited("delete" + (" --purge" if purge else ""), name):
+            api = self._docker()
+            directory = self.settings.instance_dir(name)
+            progress(f"removing the containers of {name}")
+            if (directory / ".env").is_file():
+                with contextlib.suppress(OperationError):
+                    self._compose(name).down(volumes=purge)
+            api.remove_instance_leftovers(name, volumes=purge)
+            warnings += self._unpublish(name)
+            if purge:
+                progress(f"removing {directory}")
+                shutil.rmtree(directory, ignore_errors=True)
+            with self.store.transaction() as state:
+                state.instances.pop(name, None)
+        return warnings
 
     def list(self, resources: bool = True) -> list[InstanceSummary]:
-        raise NotImplementedError
+        state = self.store.read()
+        if not state.instances:
+            return []
+        api = self._docker()
+        grouped = api.by_instance()
+        usage = {}
+        if resources:
+            running = [c.id for cs in grouped.values() for c in cs if c.state == "running"]
+            usage = api.usage(running)
+        summaries = []
+        for name, record in sorted(state.instances.items()):
+            containers = grouped.get(name, [])
+            status, running_count, total = _instance_status(record, containers)
+            cpu = mem = disk = None
+            if resources:
+                samples = [usage[c.id] for c in containers if c.id in usage]
+                cpu = round(sum(s.cpu_percent for s in samples), 2) if samples else None
+                mem = sum(s.memory_bytes for s in samples) if samples else None
+                disk = _folder_size(self.settings.instance_dir(name))
+            summaries.append(
+                InstanceSummary(
+                    name=name,
+                    status=status,
+                    template=record.template,
+                    api_url=self.settings.public_origin(self.settings.hosts(name)["api"]),
+                    created_at=record.created_at,
+                    running=running_count,
+                    total=total,
+                    cpu_percent=cpu,
+                    memory_bytes=mem,
+                    disk_bytes=disk,
+                )
+            )
+        return summaries
 
     def show(self, name: str, show_secrets: bool = False) -> InstanceDetail:
-        raise NotImplementedError
+        from controller.secrets import is_secret
+
+        record = self._record(name)
+        containers = self._docker().containers(name)
+        status, _, _ = _instance_status(record, containers)
+        env = self._env(name)
+        files = self._template(record.template)
+        hosts = self.settings.hosts(name)
+        urls = {
+            "api": self.settings.public_origin(hosts["api"]),
+            "studio": self.settings.public_origin(hosts["studio"]),
+        }
+        if "mail" in record.overlays:
+            urls["mail"] = self.settings.public_origin(hosts["mail"])
+        password = env.get("POSTGRES_PASSWORD") or ""
+        shown = password if show_secrets else "********"
+        keys = {}
+        for key in env.keys():  # noqa: SIM118 (EnvFile is not a dict)
+            if key.endswith("_KEY") or key in ("ANON_KEY", "SERVICE_ROLE_KEY"):
+                value = env.get(key) or ""
+                if value:
+                    keys[key] = value if show_secrets or not is_secret(key) else mask(value)
+        requests = None
+        with contextlib.suppress(Exception):
+            requests = self.requests_per_host(name)
+        return InstanceDetail(
+            name=name,
+            status=status,
+            template=record.template,
+            created_at=record.created_at,
+            overlays=list(record.overlays),
+            urls=urls,
+            ports=dict(record.ports),
+            containers=[
+                ContainerView(c.service, c.name, c.state, c.health)
+                for c in sorted(containers, key=lambda c: c.service)
+            ],
+            connections=self._connections(record, files, env, shown),
+            keys=keys,
+            requests=requests,
+        )
+
+    def _connections(self, record, files, env, password: str) -> dict[str, str]:
+        db_name = env.get("POSTGRES_DB") or "postgres"
+        db_port = env.get("POSTGRES_PORT") or "5432"
+        connections = {}
+        db = files.role("db", record.overlays)
+        db_published = [k for k in record.ports if db and k.startswith(f"{db}:")]
+        if db_published:
+            port = record.ports[db_published[0]]
+            connections["direct"] = f"postgres://postgres:{password}@127.0.0.1:{port}/{db_name}"
+        elif db:
+            connections["direct"] = (
+                f"postgres://postgres:{password}@{record.name}-{db}:{db_port}/{db_name}"
+                " (inside the instance network)"
+            )
+        pooler = files.role("pooler", record.overlays)
+        tenant = env.get("POOLER_TENANT_ID") or record.name
+        for key, port in sorted(record.ports.items()):
+            if not pooler or not key.startswith(f"{pooler}:"):
+                continue
+            inner = key.split(":", 1)[1]
+            mode = "pooler (transaction)" if inner == "6543" else "pooler (session)"
+            connections[mode] = (
+                f"postgres://postgres.{tenant}:{password}@127.0.0.1:{port}/{db_name}"
+            )
+        return connections
 
     def logs(
         self,
@@ -83,56 +524,279 @@ class Manager:
         errors_only: bool = False,
     ) -> Iterator[str]:
         """Log lines ("service | text"); with follow, until the caller stops iterating."""
-        raise NotImplementedError
+        import re
+
+        self._record(name)
+        services = self._services(name, services)
+        self._docker()
+        error = re.compile(
+            r"\b(error|fatal|panic|critical|emerg|alert)\b|\"level\"\s*:\s*\"(error|fatal)\"",
+            re.IGNORECASE,
+        )
+        for line in self._compose(name).logs(services or (), tail=tail, follow=follow):
+            if not errors_only or error.search(line):
+                yield line
 
     # --- names for completion (cheap: state and files only, no Docker) ---------------------------
     def instance_names(self) -> list[str]:
-        raise NotImplementedError
+        return sorted(self.store.read().instances)
 
     def template_names(self) -> list[str]:
-        raise NotImplementedError
+        try:
+            return sorted(
+                p.name
+                for p in self.settings.templates_dir.iterdir()
+                if (p / "docker-compose.yml").is_file()
+            )
+        except FileNotFoundError:
+            return []
 
     def service_names(self, name: str) -> list[str]:
-        raise NotImplementedError
+        record = self.store.read().instances.get(name)
+        if record is None:
+            return []
+        try:
+            return sorted(self._template(record.template).services(record.overlays))
+        except ManagerError:
+            return []
 
     def env_keys(self, name: str) -> list[str]:
-        raise NotImplementedError
+        try:
+            return self._env(name).keys()
+        except ManagerError:
+            return []
 
-    # --- env ---------------------------------------------------------------------------------------
+    # --- env ----------------------------------------------------------------------------------
     def env_list(self, name: str, show_secrets: bool = False) -> list[tuple[str, str]]:
-        raise NotImplementedError
+        from controller.secrets import is_secret
+
+        self._record(name)
+        env = self._env(name)
+        return [
+            (key, value if show_secrets or not is_secret(key) else mask(value))
+            for key, value in env.items()
+        ]
 
     def env_get(self, name: str, key: str) -> str:
-        raise NotImplementedError
+        self._record(name)
+        value = self._env(name).get(key)
+        if value is None:
+            raise OperationError(f"{name} has no variable {key}")
+        return value
+
+    def _check_change(self, key: str, value: str | None) -> None:
+        from controller.envfile import validate
+
+        if key in MANAGED_KEYS:
+            raise UsageError(f"{key} is managed by supabase-manager and cannot be changed")
+        if key in UNSAFE_KEYS:
+            raise UsageError(
+                f"{key} also lives inside the database: changing it in .env alone would break "
+                "the instance"
+            )
+        if value is not None:
+            problem = validate(key, value)
+            if problem:
+                raise UsageError(f"invalid value for {key}: {problem}")
 
     def env_set(self, name: str, assignments: dict[str, str]) -> EnvChange:
-        raise NotImplementedError
+        record = self._record(name)
+        if not assignments:
+            raise UsageError("nothing to set: give KEY=VALUE")
+        for key, value in assignments.items():
+            self._check_change(key, value)
+        with self._audited("env set " + " ".join(sorted(assignments)), name):
+            env = self._env(name)
+            for key, value in assignments.items():
+                env.set(key, value)
+            return self._write_env(record, env, sorted(assignments))
 
     def env_unset(self, name: str, key: str) -> EnvChange:
-        raise NotImplementedError
+        record = self._record(name)
+        self._check_change(key, None)
+        with self._audited(f"env unset {key}", name):
+            env = self._env(name)
+            if env.get(key) is None:
+                raise OperationError(f"{name} has no variable {key}")
+            env.unset(key)
+            return self._write_env(record, env, [key])
 
     def env_text(self, name: str) -> str:
         """The .env text, for `env edit` to put in the editor."""
-        raise NotImplementedError
+        self._record(name)
+        return self._env(name).render()
 
     def env_check(self, name: str, text: str) -> list[str]:
         """Problems with an edited .env text (empty list: fine)."""
-        raise NotImplementedError
+        from controller.envfile import EnvFile, check_text
+
+        problems = list(check_text(text))
+        if problems:
+            return problems
+        before, after = self._env(name), EnvFile.parse(text)
+        for key in sorted(set(before.keys()) | set(after.keys())):
+            if before.get(key) == after.get(key):
+                continue
+            if key in MANAGED_KEYS:
+                problems.append(f"{key} is managed by supabase-manager and cannot be changed")
+            elif key in UNSAFE_KEYS:
+                problems.append(f"{key} cannot be changed in .env alone (it lives in the database)")
+        return problems
 
     def env_replace(self, name: str, text: str) -> EnvChange:
         """Validate and atomically write an edited .env text."""
-        raise NotImplementedError
+        from controller.envfile import EnvFile
 
-    # --- caddy, audit, health ---------------------------------------------------------------------
+        record = self._record(name)
+        problems = self.env_check(name, text)
+        if problems:
+            raise UsageError(f"the edited .env has {len(problems)} problem(s): {problems[0]}")
+        before, after = self._env(name), EnvFile.parse(text)
+        changed = sorted(
+            k for k in set(before.keys()) | set(after.keys()) if before.get(k) != after.get(k)
+        )
+        with self._audited("env edit " + " ".join(changed), name):
+            return self._write_env(record, after, changed)
+
+    def _write_env(self, record: InstanceRecord, env, changed: list[str]) -> EnvChange:
+        from controller.envfile import services_using
+        from controller.fsutil import atomic_write
+        from controller.render import compose_files
+
+        directory = self.settings.instance_dir(record.name)
+        atomic_write(directory / ".env", env.render(), mode=0o600)
+        services = services_using(changed, compose_files(directory)) if changed else []
+        if any(key.startswith("DASHBOARD_") for key in changed):
+            # Studio's Caddy route carries these credentials.
+            self._publish(record.name, record)
+        return EnvChange(changed=changed, services=services)
+
+    # --- caddy --------------------------------------------------------------------------------
+    def _site_spec(self, name: str, record: InstanceRecord):
+        from controller.caddy import SiteSpec, studio_password_hash
+
+        files = self._template(record.template)
+        env = self._env(name)
+
+        def upstream(role: str) -> str | None:
+            service = files.role(role, record.overlays)
+            if not service:
+                return None
+            keys = sorted(k for k in record.ports if k.startswith(f"{service}:"))
+            info = files.services(record.overlays).get(service)
+            preferred = f"{service}:{info.http_port}" if info and info.http_port else None
+            key = preferred if preferred in record.ports else (keys[0] if keys else None)
+            return f"127.0.0.1:{record.ports[key]}" if key else None
+
+        hosts = self.settings.hosts(name)
+        mail = upstream("mail") if "mail" in record.overlays else None
+        if not mail:
+            hosts.pop("mail")
+        cache = self.settings.instance_dir(name) / ".studio-auth"
+        return SiteSpec(
+            name=name,
+            hosts=hosts,
+            api_upstream=upstream("gateway") or "",
+            studio_upstream=upstream("studio") or upstream("gateway") or "",
+            studio_user=env.get("DASHBOARD_USERNAME") or "supabase",
+            studio_password_hash=studio_password_hash(cache, env.get("DASHBOARD_PASSWORD") or ""),
+            mail_upstream=mail,
+        )
+
+    def _publish(self, name: str, record: InstanceRecord) -> list[str]:
+        """Write the snippet and push the live route; Caddy down only postpones the live part."""
+        from controller.caddy import apply_instance, write_snippet
+
+        spec = self._site_spec(name, record)
+        write_snippet(self.settings, spec)
+        try:
+            apply_instance(self.settings, spec)
+        except CaddyUnavailable as exc:
+            return [f"Caddy's live route for {name} is pending ({exc}); run `caddy sync {name}`"]
+        return []
+
+    def _unpublish(self, name: str) -> list[str]:
+        from controller.caddy import remove_instance, remove_snippet
+
+        remove_snippet(self.settings, name)
+        try:
+            remove_instance(self.settings, name)
+        except CaddyUnavailable as exc:
+            return [f"Caddy still routes {name} ({exc}); run `caddy sync` when it is back"]
+        return []
+
+    def _specs(self) -> dict:
+        specs = {}
+        for name, record in self.store.read().instances.items():
+            with contextlib.suppress(ManagerError):
+                specs[name] = self._site_spec(name, record)
+        return specs
+
     def caddy_sync(self, name: str | None = None) -> list[str]:
-        raise NotImplementedError
+        from controller.caddy import sync
+
+        if name is not None:
+            self._record(name)
+        with self._audited("caddy sync", name):
+            return sync(self.settings, self._specs(), only=name)
 
     def caddy_status(self) -> dict:
-        raise NotImplementedError
+        from controller.caddy import status
 
+        return status(self.settings, self._specs())
+
+    def requests_per_host(self, name: str | None = None) -> dict[str, float] | None:
+        from controller.caddy import requests_per_host
+
+        counts = requests_per_host(self.settings)
+        if counts is None or name is None:
+            return counts
+        hosts = set(self.settings.hosts(name).values())
+        return {host: value for host, value in counts.items() if host in hosts}
+
+    # --- audit, health ------------------------------------------------------------------------
     def audit(self, name: str | None = None) -> list[dict]:
-        raise NotImplementedError
+        if name is not None:
+            validate_name(name)
+        return audit.read(self.settings.audit_path, name)
+
+    def check(self) -> list[str]:
+        """Problems worth a look: instances down that should run, unhealthy services, drift."""
+        problems = []
+        for summary in self.list(resources=False):
+            if summary.status == INCOMPLETE:
+                problems.append(f"{summary.name}: create did not finish")
+        state = self.store.read()
+        api = self._docker()
+        grouped = api.by_instance()
+        for name, record in sorted(state.instances.items()):
+            if record.phase != READY or not record.autostart:
+                continue
+            for c in grouped.get(name, []):
+                if c.state != "running" and not (c.state == "exited" and c.exit_code == 0):
+                    problems.append(f"{name}: service {c.service} is {c.state}")
+                elif c.health == "unhealthy":
+                    problems.append(f"{name}: service {c.service} is unhealthy")
+            if not grouped.get(name):
+                problems.append(f"{name}: no containers (should be running)")
+        caddy = self.caddy_status()
+        if not caddy.get("reachable"):
+            problems.append(f"Caddy's admin API at {self.settings.caddy_admin} does not answer")
+        for name, word in sorted(caddy.get("instances", {}).items()):
+            if word != "ok":
+                problems.append(f"{name}: Caddy route is {word}")
+        return problems
 
     def health(self) -> dict[str, bool]:
         """Whether Docker and Caddy answer (for the shell's toolbar); quick, never raises."""
-        raise NotImplementedError
+        result = {"docker": False, "caddy": False}
+        with contextlib.suppress(Exception):
+            from controller.dockerapi import DockerAPI
+
+            DockerAPI(timeout=2).ping()
+            result["docker"] = True
+        with contextlib.suppress(Exception):
+            from controller.caddy import status
+
+            result["caddy"] = bool(status(self.settings, {}).get("reachable"))
+        return result

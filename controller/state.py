@@ -1,8 +1,8 @@
 """The desired state in state.json: attrs classes, a cattrs converter and a schema version.
 
 Every change goes through ``StateStore.transaction()``: an exclusive lock across processes, a fresh
-read, the change, and an atomic replace. A file that cannot be read or parsed stops every command and
-is never overwritten.
+read, the change, and an atomic replace. A file that cannot be read or parsed stops every command
+and is never overwritten.
 """
 
 import contextlib
@@ -74,19 +74,27 @@ def loads(text: str, path: Path) -> State:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise StateError(f"state file {path} is corrupt (invalid JSON at line {exc.lineno}); "
-                         "fix or move it away, it will not be overwritten") from None
+        raise StateError(
+            f"state file {path} is corrupt (invalid JSON at line {exc.lineno}); "
+            "fix or move it away, it will not be overwritten"
+        ) from None
     if not isinstance(raw, dict) or "schema" not in raw:
-        raise StateError(f"state file {path} is corrupt (no schema version); "
-                         "fix or move it away, it will not be overwritten")
+        raise StateError(
+            f"state file {path} is corrupt (no schema version); "
+            "fix or move it away, it will not be overwritten"
+        )
     if raw["schema"] != SCHEMA_VERSION:
-        raise StateError(f"state file {path} has schema version {raw['schema']!r}, "
-                         f"this program reads version {SCHEMA_VERSION}")
+        raise StateError(
+            f"state file {path} has schema version {raw['schema']!r}, "
+            f"this program reads version {SCHEMA_VERSION}"
+        )
     try:
         return converter.structure(raw, State)
     except (cattrs.errors.BaseValidationError, TypeError, ValueError):
-        raise StateError(f"state file {path} is corrupt (unexpected structure); "
-                         "fix or move it away, it will not be overwritten") from None
+        raise StateError(
+            f"state file {path} is corrupt (unexpected structure); "
+            "fix or move it away, it will not be overwritten"
+        ) from None
 
 
 def dumps(state: State) -> str:

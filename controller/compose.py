@@ -1,0 +1,111 @@
+"""The docker compose CLI, through python-on-whales, for one instance's project."""
+
+import functools
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from controller.errors import DockerUnavailable, OperationError
+
+
+def _one_line(exc: Exception) -> str:
+    """The most telling line of a compose failure: its last non-empty stderr line."""
+    text = getattr(exc, "stderr", None) or str(exc)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+@functools.cache
+def check_cli() -> None:
+    """Fail with one clear line when the docker CLI or its compose v2 plugin is missing."""
+    if shutil.which("docker") is None:
+        raise DockerUnavailable("the docker command is not installed (needed for docker compose)")
+    from python_on_whales import DockerClient
+    from python_on_whales.exceptions import DockerException
+
+    try:
+        DockerClient().compose.version()
+    except DockerException:
+        raise DockerUnavailable(
+            "the docker compose v2 plugin is missing: `docker compose version` fails"
+        ) from None
+
+
+class Compose:
+    """One compose project: an instance's folder, its files and its project name."""
+
+    def __init__(self, project: str, directory: Path, files: Sequence[Path]) -> None:
+        from python_on_whales import DockerClient
+
+        self.project = project
+        self.directory = Path(directory)
+        self._docker = DockerClient(
+            compose_files=list(files),
+            compose_project_name=project,
+            compose_project_directory=self.directory,
+            compose_env_files=[self.directory / ".env"],
+        )
+
+    def _run(self, what: str, call, *args, **kwargs):
+        from python_on_whales.exceptions import DockerException
+
+        check_cli()
+        try:
+            return call(*args, **kwargs)
+        except DockerException as exc:
+            message = f"compose {what} of {self.project} failed: {_one_line(exc)}"
+            raise OperationError(message) from None
+
+    def up(self, services: Sequence[str] | None = None) -> None:
+        """Create and start containers (detached); waiting for health is the caller's job."""
+        self._run(
+            "up",
+            self._docker.compose.up,
+            list(services) or None if services else None,
+            detach=True,
+            quiet=True,
+        )
+
+    def start(self, services: Sequence[str] | None = None) -> None:
+        self._run("start", self._docker.compose.start, list(services) if services else None)
+
+    def stop(self, services: Sequence[str] | None = None) -> None:
+        self._run("stop", self._docker.compose.stop, list(services) if services else None)
+
+    def restart(self, services: Sequence[str] | None = None) -> None:
+        self._run("restart", self._docker.compose.restart, list(services) if services else None)
+
+    def down(self, volumes: bool = False) -> None:
+        """Remove the containers and the network; with ``volumes`` the named volumes too."""
+        self._run(
+            "down", self._docker.compose.down, remove_orphans=True, volumes=volumes, quiet=True
+        )
+
+    def config(self) -> dict:
+        return self._run("config", self._docker.compose.config, return_json=True)
+
+    def logs(
+        self, services: Sequence[str] = (), tail: int | None = None, follow: bool = False
+    ) -> Iterator[str]:
+        """Log lines as compose prints them ("service  | text")."""
+        from python_on_whales.exceptions import DockerException
+
+        check_cli()
+        stream = self._docker.compose.logs(
+            list(services),
+            tail=None if tail is None else str(tail),
+            follow=follow,
+            stream=True,
+        )
+        pending = b""
+        try:
+            for _source, chunk in stream:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    yield line.decode(errors="replace")
+        except DockerException as exc:
+            message = f"compose logs of {self.project} failed: {_one_line(exc)}"
+            raise OperationError(message) from None
+        if pending:
+            yield pending.decode(errors="replace")
