@@ -10,6 +10,8 @@ Heavy modules (docker SDK, python-on-whales, httpx, the renderer) are imported w
 so that cheap commands and completion start fast.
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
 import shutil
@@ -99,6 +101,8 @@ class Manager:
     def _audited(self, command: str, instance: str | None) -> Iterator[None]:
         try:
             yield
+        except UsageError:
+            raise  # refused before anything changed: nothing to audit
         except ManagerError as exc:
             self._audit(command, instance, "failed", str(exc))
             raise
