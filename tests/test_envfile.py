@@ -1,0 +1,195 @@
+""".env parsing keeps every byte; value validation; which services read a variable."""
+
+from pathlib import Path
+
+import pytest
+
+from controller.envfile import EnvFile, check_text, quote_value, services_using, validate
+from controller.secrets import generate_secrets
+
+FIXTURES = Path("/work/shared/fixtures/supabase-docker")
+VERSIONS = ["v0.8.2", "2025-07-15"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_round_trip_of_the_upstream_example_is_exact(version):
+    text = (FIXTURES / version / ".env.example").read_text()
+    env = EnvFile.parse(text)
+    assert env.render() == text
+    assert env.get("POSTGRES_HOST") == "db"
+    assert env.get("MAILER_URLPATHS_INVITE") == "/auth/v1/verify"  # quotes removed
+    assert env.get("STUDIO_DEFAULT_ORGANIZATION") == "Default Organization"
+    # Commented-out assignments stay comments.
+    assert "GOOGLE_ENABLED" not in env
+    keys = [
+        line.split("=", 1)[0]
+        for line in text.splitlines()
+        if "=" in line and not line.lstrip().startswith("#")
+    ]
+    assert env.keys() == list(dict.fromkeys(keys))
+
+
+def test_set_unset_keep_the_rest():
+    text = '# head\nA=1\n\n# about B\nB=\'two words\' # note\nexport C="x\\"y"\n# D=commented\n'
+    env = EnvFile.parse(text)
+    assert env.get("B") == "two words"
+    assert env.get("C") == 'x"y'
+    assert env.get("D") is None
+    env.set("A", "10")
+    env.set("E", '{"json": [1, 2]}')
+    env.unset("C")
+    out = env.render()
+    assert out == (
+        "# head\nA=10\n\n# about B\nB='two words' # note\n# D=commented\nE='{\"json\": [1, 2]}'\n"
+    )
+    assert EnvFile.parse(out).get("E") == '{"json": [1, 2]}'
+    env.insert_after("A", "A2", "x y")
+    assert env.keys() == ["A", "A2", "B", "E"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["plain", "two words", "it's", "a'b\"c$d\\e", '{"k":"v"}', "x#y", " lead", ""],
+)
+def test_quote_value_round_trips(value):
+    assert EnvFile.parse(f"K={quote_value(value)}\n").get("K") == value
+
+
+def test_quoted_values_read_by_docker_compose_unchanged(tmp_path):
+    import json
+    import subprocess
+
+    values = {"A": "it's a $test", "B": '{"k":"v $x"}', "C": "two words", "D": "a\"b'c"}
+    env = EnvFile()
+    for key, value in values.items():
+        env.set(key, value)
+    (tmp_path / ".env").write_text(env.render())
+    (tmp_path / "docker-compose.yml").write_text(
+        "services:\n  s:\n    image: busybox\n    environment:\n"
+        + "".join(f"      {k}: ${{{k}}}\n" for k in values)
+    )
+    out = subprocess.run(
+        ["docker", "compose", "config", "--format", "json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    # `config` prints a literal "$" as "$$" (its output is a compose file again).
+    expected = {key: value.replace("$", "$$") for key, value in values.items()}
+    assert json.loads(out)["services"]["s"]["environment"] == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "word"),
+    [
+        ("SITE_URL", "a\nb", "newline"),
+        ("SITE_URL", "a\0b", "NUL"),
+        ("SITE_URL", "a\rb", "carriage"),
+        ("1BAD", "x", "variable name"),
+        ("BAD-KEY", "x", "variable name"),
+        ("KONG_HTTP_PORT", "80a", "port"),
+        ("KONG_HTTP_PORT", "70000", "port"),
+        ("KONG_HTTP_PORT", "", "port"),
+        ("SITE_URL", "ftp://x", "http"),
+        ("API_EXTERNAL_URL", "localhost:8000", "http"),
+        ("ADDITIONAL_REDIRECT_URLS", "https://ok.dev,nope", "http"),
+        ("ENABLE_EMAIL_SIGNUP", "yes", "true or false"),
+        ("DISABLE_SIGNUP", "1", "true or false"),
+        ("JWT_EXPIRY", "1h", "whole number"),
+        ("JWT_SECRET", "too-short", "at least 32"),
+        ("VAULT_ENC_KEY", "x", "exactly 32"),
+        ("POSTGRES_PASSWORD", "p@ss/word:with-bad-chars", "letters"),
+    ],
+)
+def test_validate_refuses(key, value, word):
+    problem = validate(key, value)
+    assert problem and word in problem
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("SITE_URL", "https://app.example.dev/path"),
+        ("KONG_HTTP_PORT", "20000"),
+        ("ENABLE_EMAIL_SIGNUP", "False"),
+        ("ADDITIONAL_REDIRECT_URLS", ""),
+        ("ADDITIONAL_REDIRECT_URLS", "https://a.dev/**,http://localhost:3000"),
+        ("STUDIO_DEFAULT_ORGANIZATION", "Default Organization"),
+        ("JWT_SECRET", "x" * 40),
+        ("SUPABASE_PUBLISHABLE_KEY", ""),
+        ("DOCKER_SOCKET_LOCATION", "/var/run/docker.sock"),
+    ],
+)
+def test_validate_accepts(key, value):
+    assert validate(key, value) is None
+
+
+def test_secret_values_never_appear_in_problems():
+    text = "JWT_SECRET=tiny-secret-value\nPOSTGRES_PASSWORD=bad/pw:value-xyz1\nX_PORT=nope\n"
+    problems = check_text(text)
+    assert len(problems) == 3
+    joined = "\n".join(problems)
+    assert "tiny-secret-value" not in joined and "bad/pw" not in joined
+    assert problems[0].startswith("line 1: JWT_SECRET")
+    assert problems[2].startswith("line 3: X_PORT") and "nope" in problems[2]
+
+
+def test_check_text_whole_file():
+    good = generate_secrets(["JWT_SECRET", "ANON_KEY", "SERVICE_ROLE_KEY"])
+    text = "".join(f"{k}={v}\n" for k, v in good.items()) + "# comment\n\nSITE_URL=https://x.dev\n"
+    assert check_text(text) == []
+    swapped = text.replace(good["ANON_KEY"], good["SERVICE_ROLE_KEY"])
+    assert any("ANON_KEY does not carry role" in p for p in check_text(swapped))
+    other = generate_secrets(["JWT_SECRET"])["JWT_SECRET"]
+    assert any(
+        "signed with JWT_SECRET" in p for p in check_text(text.replace(good["JWT_SECRET"], other))
+    )
+    bad = "A=1\nnot an assignment\nA=2\nB='unterminated\n"
+    problems = check_text(bad)
+    assert "line 2: not KEY=VALUE" in problems
+    assert any(p.startswith("line 3: A is already set on line 1") for p in problems)
+    assert any(p.startswith("line 4: B") and "unterminated" in p for p in problems)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_upstream_example_passes_its_own_checks_except_demo_secrets(version):
+    problems = check_text((FIXTURES / version / ".env.example").read_text())
+    # The demo values break the documented constraints; nothing else does.
+    assert all(
+        any(
+            word in p
+            for word in (
+                "VAULT_ENC_KEY",
+                "POSTGRES_PASSWORD",
+                "ANON_KEY",
+                "SERVICE_ROLE_KEY",
+                "DASHBOARD_PASSWORD",
+                "SECRET_KEY_BASE",
+                "_KEY",
+                "JWT",
+            )
+        )
+        for p in problems
+    ), problems
+
+
+def test_services_using():
+    base = FIXTURES / "v0.8.2"
+    files = [base / "docker-compose.yml", base / "docker-compose.logs.yml"]
+    assert services_using(["JWT_SECRET"], files) == [
+        "auth",
+        "functions",
+        "realtime",
+        "rest",
+        "storage",
+        "studio",
+        "supavisor",
+    ]
+    # Nested defaults: ${API_GW_HTTP_PORT:-${KONG_HTTP_PORT:-8000}}
+    assert services_using(["KONG_HTTP_PORT"], files) == ["api-gw"]
+    assert services_using(["LOGFLARE_PUBLIC_ACCESS_TOKEN"], files) == ["analytics", "vector"]
+    assert services_using(["POOLER_TENANT_ID", "SITE_URL"], files) == ["auth", "supavisor"]
+    assert services_using(["NOT_USED_ANYWHERE"], files) == []
+    kong = [base / "docker-compose.yml", base / "docker-compose.kong.yml"]
+    assert services_using(["KONG_HTTPS_PORT"], kong) == ["api-gw"]
