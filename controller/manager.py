@@ -45,23 +45,10 @@ MANAGED_KEYS = frozenset({"COMPOSE_PROJECT_NAME", "COMPOSE_FILE"})
 # Changing these needs more than a restart (the password lives in the database too).
 UNSAFE_KEYS = frozenset({"POSTGRES_PASSWORD"})
 WAIT_TIMEOUT = float(os.environ.get("SUPABASE_MANAGER_WAIT_TIMEOUT", "300"))
-_MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
 def _quiet(_: str) -> None:
     pass
-
-
-def parse_memory(text: str) -> str:
-    """Accept 512m, 2g, 1073741824 (bytes); anything else is bad input."""
-    value = text.strip().lower()
-    number, unit = value.rstrip("bkmg"), value[len(value.rstrip("bkmg")) :]
-    unit = unit.rstrip("b") or ("b" if unit else "")
-    if not number.isdigit() or unit not in _MEMORY_UNITS or int(number) == 0:
-        raise UsageError(f"invalid memory limit {text!r}: use a size like 512m or 2g")
-    if int(number) * _MEMORY_UNITS[unit] < 6 * 1024**2:
-        raise UsageError(f"memory limit {text!r} is below Docker's minimum of 6m")
-    return value
 
 
 def _instance_status(record: InstanceRecord, containers: list) -> tuple[str, int, int]:
@@ -242,11 +229,9 @@ class Manager:
         self, name, template, overlays, extra_compose, ports, cpus, memory, start, progress
     ) -> list[str]:
         from controller.ports import allocate
-        from controller.render import needed_ports, render_instance
+        from controller.render import check_cpus, check_memory, needed_ports, render_instance
 
-        if cpus is not None and not 0 < cpus <= (os.cpu_count() or 1) * 4:
-            raise UsageError(f"invalid --cpus {cpus}: give a positive number of CPUs")
-        memory = parse_memory(memory) if memory else None
+        cpus, memory = check_cpus(cpus), check_memory(memory)
         extra = [Path(p).absolute() for p in extra_compose or []]
         for path in extra:
             if not path.is_file():
@@ -678,19 +663,14 @@ class Manager:
     # --- caddy --------------------------------------------------------------------------------
     def _site_spec(self, name: str, record: InstanceRecord):
         from controller.caddy import SiteSpec, studio_password_hash
+        from controller.render import role_port_key
 
         files = self._template(record.template)
         env = self._env(name)
 
         def upstream(role: str) -> str | None:
-            service = files.role(role, record.overlays)
-            if not service:
-                return None
-            keys = sorted(k for k in record.ports if k.startswith(f"{service}:"))
-            info = files.services(record.overlays).get(service)
-            preferred = f"{service}:{info.http_port}" if info and info.http_port else None
-            key = preferred if preferred in record.ports else (keys[0] if keys else None)
-            return f"127.0.0.1:{record.ports[key]}" if key else None
+            key = role_port_key(files, record.overlays, role)
+            return f"127.0.0.1:{record.ports[key]}" if key in record.ports else None
 
         hosts = self.settings.hosts(name)
         mail = upstream("mail") if "mail" in record.overlays else None
