@@ -1,0 +1,173 @@
+"""Caddyfile snippets ROOT/caddy/NAME.conf: the same routes as the live config, as text Caddy's
+Caddyfile imports (``import ROOT/caddy/*.conf``), so instances survive a restart or reload.
+
+A snippet is validated with ``POST /adapt`` when Caddy answers; one Caddy rejects never replaces
+a good one (one bad imported file would make every later ``caddy reload`` fail).
+"""
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from controller.caddy.admin import AdminClient, AdminError
+from controller.caddy.routes import (
+    STREAM_CLOSE_DELAY,
+    SiteSpec,
+    check_spec,
+    site_addresses,
+)
+from controller.errors import CaddyUnavailable, OperationError
+from controller.fsutil import atomic_write
+
+log = logging.getLogger(__name__)
+
+HEADER = "# supabase-manager: instance {name}. Generated; `caddy sync` rewrites it.\n"
+MARKER = "# supabase-manager: instance "
+FILE_MODE = 0o640  # holds a bcrypt hash; Caddy's group reads it
+DIR_MODE = 0o750
+
+
+def render_snippet(settings: Any, spec: SiteSpec) -> str:
+    """One site block with the instance's addresses and a host matcher per role."""
+    check_spec(spec)
+    lines = [HEADER.format(name=spec.name).rstrip("\n")]
+    lines.append(", ".join(site_addresses(settings, spec)) + " {")
+    for role, host, upstream in spec.routed():
+        lines.append(f"\t@{role} host {host}")
+        lines.append(f"\thandle @{role} {{")
+        if role == "studio":
+            lines.append("\t\tbasic_auth {")
+            lines.append(f'\t\t\t"{spec.studio_user}" {spec.studio_password_hash}')
+            lines.append("\t\t}")
+        lines.append(f"\t\treverse_proxy {upstream} {{")
+        lines.append(f"\t\t\tstream_close_delay {STREAM_CLOSE_DELAY}")
+        lines.append("\t\t}")
+        lines.append("\t}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def site_line_addresses(text: str) -> set[str]:
+    """Site addresses of the site blocks in a snippet (lines at column 0 ending with ``{``)."""
+    found: set[str] = set()
+    for line in text.splitlines():
+        if line[:1] in ("", "#", "\t", " ", "(", "{", "}") or not line.rstrip().endswith("{"):
+            continue
+        for address in line.rstrip()[:-1].replace(",", " ").split():
+            found.add(address.lower())
+    return found
+
+
+def is_ours(path: Path) -> bool:
+    try:
+        with open(path) as handle:
+            return handle.readline().startswith(MARKER)
+    except OSError:
+        return False
+
+
+def validate(settings: Any, text: str, notes: list[str] | None = None) -> bool:
+    """True when Caddy adapted ``text``; False when Caddy could not be asked (a note says so).
+    OperationError when Caddy rejects it."""
+    try:
+        with AdminClient(settings.caddy_admin) as client:
+            client.adapt(text)
+    except CaddyUnavailable:
+        note = "Caddy is not reachable: snippet written without validation by Caddy"
+        log.warning(note)
+        if notes is not None:
+            notes.append(note)
+        return False
+    except AdminError as exc:
+        raise OperationError(f"Caddy rejects the snippet: {exc}") from None
+    return True
+
+
+def _ensure_folder(folder: Path) -> None:
+    # Only a new folder gets its mode: an admin may have set a group (caddy) and setgid on it.
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, DIR_MODE)
+
+
+def write_snippet(
+    settings: Any,
+    spec: SiteSpec,
+    notes: list[str] | None = None,
+    validate_with_caddy: bool = True,
+    index: dict[str, str] | None = None,
+) -> Path:
+    """Write ROOT/caddy/NAME.conf atomically (0640) unless it already holds the same text.
+
+    Raises OperationError (and keeps the old file) when Caddy rejects the text or another snippet
+    already claims one of its addresses. When Caddy is down the file is written unvalidated and a
+    line is added to ``notes``. ``index`` (from ``address_index``, kept up to date here) saves
+    reading every other snippet when many are written in a row.
+    """
+    path = settings.snippet_path(spec.name)
+    text = render_snippet(settings, spec)
+    with contextlib.suppress(FileNotFoundError):
+        if path.read_text() == text:
+            return path
+    mine = site_line_addresses(text)
+    if index is None:
+        index = address_index(settings)
+    taken = sorted(a for a in mine if index.get(a, spec.name) != spec.name)
+    if taken:
+        owners = sorted({index[a] for a in taken})
+        raise OperationError(
+            f"instance {spec.name}: {', '.join(f'{o}.conf' for o in owners)} already "
+            f"defines {', '.join(taken)}"
+        )
+    if validate_with_caddy:
+        try:
+            validate(settings, text, notes)
+        except OperationError as exc:
+            raise OperationError(
+                f"instance {spec.name}: {exc}; {path.name} was left as it was"
+            ) from None
+    _ensure_folder(path.parent)
+    atomic_write(path, text, FILE_MODE)
+    for address in [a for a, owner in index.items() if owner == spec.name]:
+        del index[address]
+    index.update(dict.fromkeys(mine, spec.name))
+    return path
+
+
+def address_index(settings: Any) -> dict[str, str]:
+    """Site address -> name of the snippet (any ``*.conf`` in the folder) that defines it."""
+    index: dict[str, str] = {}
+    folder = settings.caddy_dir
+    if not folder.is_dir():
+        return index
+    for path in sorted(folder.glob("*.conf")):
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for address in site_line_addresses(text):
+            index.setdefault(address, path.stem)
+    return index
+
+
+def remove_snippet(settings: Any, name: str) -> None:
+    path = settings.snippet_path(name)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def snippet_names(settings: Any) -> list[str]:
+    """Names of the instances that have a snippet written by us."""
+    folder = settings.caddy_dir
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.conf") if is_ours(p))
