@@ -1,0 +1,198 @@
+"""`top`: a full-screen live monitor (prompt_toolkit Application).
+
+Every few seconds a background thread samples the instances (status, CPU, memory), the request
+rate per host when the Manager can tell (Caddy's metrics), and now and then each running
+instance's latest error lines. The screen shows CPU and memory as sparklines over the last
+minutes. `q` (or Esc, Ctrl-C) leaves.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from shell.context import Context
+from shell.output import human_bytes, percent
+
+SAMPLE_EVERY = 3.0  # seconds
+HISTORY = 60  # samples kept: three minutes
+ERRORS_EVERY = 15.0  # seconds between two error-line scans
+ERROR_LINES = 3
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float | None], width: int = 30, top: float | None = None) -> str:
+    points = [v for v in values if v is not None][-width:]
+    if not points:
+        return " " * width
+    high = top if top is not None else max(points)
+    high = high or 1.0
+    line = "".join(
+        _BARS[min(len(_BARS) - 1, int(v / high * (len(_BARS) - 1) + 0.5))] for v in points
+    )
+    return line.rjust(width)
+
+
+class Monitor:
+    """The sampled data; ``sample()`` is called from the thread, ``render()`` by the screen."""
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+        self.rows: list[Any] = []
+        self.cpu: dict[str, deque] = {}
+        self.memory: dict[str, deque] = {}
+        self.requests: dict[str, float] | None = None
+        self.errors: dict[str, list[str]] = {}
+        self.problem: str | None = None
+        self.metrics_known = False
+        self.updated: float | None = None
+        self._errors_at = 0.0
+        self.lock = threading.Lock()
+
+    def sample(self) -> None:
+        try:
+            rows = list(self.manager.list(resources=True))
+            problem = None
+        except Exception as exc:
+            rows, problem = self.rows, _one_line(exc)
+        requests = None
+        method = getattr(self.manager, "requests_per_host", None)
+        self.metrics_known = method is not None
+        if method is not None:
+            try:
+                answer = method()
+                requests = dict(answer) if answer is not None else None
+            except Exception:
+                requests = None
+        errors = self.errors
+        if time.monotonic() - self._errors_at >= ERRORS_EVERY:
+            self._errors_at = time.monotonic()
+            errors = {}
+            for row in rows:
+                if row.status in ("running", "partial"):
+                    try:
+                        lines = self.manager.logs(row.name, errors_only=True, tail=ERROR_LINES)
+                        errors[row.name] = [line.rstrip() for line in lines][-ERROR_LINES:]
+                    except Exception:
+                        continue
+        with self.lock:
+            self.rows = rows
+            self.problem = problem
+            self.requests = requests
+            self.errors = errors
+            self.updated = time.time()
+            for row in rows:
+                self.cpu.setdefault(row.name, deque(maxlen=HISTORY)).append(row.cpu_percent)
+                self.memory.setdefault(row.name, deque(maxlen=HISTORY)).append(row.memory_bytes)
+
+    def render(self, width: int = 100) -> list[tuple[str, str]]:
+        """Formatted text fragments for prompt_toolkit."""
+        from shell.output import STATUS_MARKS
+
+        out: list[tuple[str, str]] = []
+        with self.lock:
+            stamp = time.strftime("%H:%M:%S", time.localtime(self.updated)) if self.updated else "…"
+            count = f"{len(self.rows)} instance" + ("" if len(self.rows) == 1 else "s")
+            out.append(("bold", f" supabase-manager top   {count}   {stamp}"))
+            out.append(("", "   q leaves\n\n"))
+            if self.problem:
+                out.append(("fg:ansired", f" {self.problem}\n\n"))
+            if not self.rows and self.updated:
+                out.append(("", " no instance\n"))
+            spark = max(10, min(HISTORY, (width - 60) // 2))
+            names = [r.name for r in self.rows]
+            name_width = max([len(n) for n in names] + [4])
+            out.append(
+                (
+                    "bold",
+                    f"   {'NAME':<{name_width}}  {'STATUS':<10} "
+                    f"{'CPU':<{spark}} {'':>7}  {'MEMORY':<{spark}} {'':>10}\n",
+                )
+            )
+            for row in self.rows:
+                mark, color = STATUS_MARKS.get(row.status, ("?", "dim"))
+                style = {"green": "fg:ansigreen", "yellow": "fg:ansiyellow", "red": "fg:ansired"}
+                out.append((style.get(color, ""), f" {mark} "))
+                out.append(("", f"{row.name:<{name_width}}  {row.status:<10} "))
+                out.append(
+                    ("fg:ansicyan", sparkline(list(self.cpu.get(row.name, [])), spark, 100.0))
+                )
+                out.append(("", f" {percent(row.cpu_percent):>7}  "))
+                memory = [
+                    float(m) if m is not None else None for m in self.memory.get(row.name, [])
+                ]
+                out.append(("fg:ansimagenta", sparkline(memory, spark)))
+                out.append(("", f" {human_bytes(row.memory_bytes):>10}\n"))
+            if self.requests is None and self.metrics_known and self.updated:
+                out.append(
+                    ("fg:ansibrightblack", "\n requests per host: Caddy's metrics do not answer\n")
+                )
+            if self.requests is not None:
+                out.append(("bold", "\n Requests per second by host\n"))
+                if not self.requests:
+                    out.append(("", "   none yet\n"))
+                for host, rate in sorted(self.requests.items(), key=lambda kv: -kv[1]):
+                    out.append(("", f"   {host:<50} {rate:8.2f}/s\n"))
+            if self.errors:
+                out.append(("bold", "\n Latest errors\n"))
+                for name, lines in sorted(self.errors.items()):
+                    if not lines:
+                        continue
+                    for line in lines:
+                        out.append(("fg:ansired", f"   {name}: "))
+                        out.append(("", f"{line[: max(20, width - len(name) - 6)]}\n"))
+        return out
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if not isinstance(exc, NotImplementedError) else "list: not implemented yet"
+
+
+def run_top(ctx: Context, interval: float = SAMPLE_EVERY) -> None:
+    from prompt_toolkit.application import Application
+    from prompt_toolkit.key_binding import KeyBindings
+    from prompt_toolkit.layout import HSplit, Layout, Window
+    from prompt_toolkit.layout.controls import FormattedTextControl
+
+    monitor = Monitor(ctx.new_manager())
+    stop = threading.Event()
+    bindings = KeyBindings()
+
+    @bindings.add("q")
+    @bindings.add("Q")
+    @bindings.add("escape")
+    @bindings.add("c-c")
+    def _leave(event) -> None:
+        event.app.exit()
+
+    app: Application | None = None
+
+    def text():
+        width = app.output.get_size().columns if app is not None else 100
+        return monitor.render(width)
+
+    body = Window(FormattedTextControl(text), wrap_lines=False)
+    app = Application(
+        layout=Layout(HSplit([body])),
+        key_bindings=bindings,
+        full_screen=True,
+        input=ctx.pt_input,
+        output=ctx.pt_output,
+    )
+
+    def loop() -> None:
+        while not stop.is_set():
+            monitor.sample()
+            if app.is_running:
+                app.invalidate()
+            stop.wait(interval)
+
+    thread = threading.Thread(target=loop, name="top", daemon=True)
+    thread.start()
+    try:
+        app.run()
+    finally:
+        stop.set()
