@@ -250,6 +250,7 @@ class Manager:
                 progress(f"finishing the interrupted create of {name}")
                 record = existing
             else:
+                self._check_hosts_free(name, state)
                 template = template or self._default_template(state)
                 files = self._template(template)
                 overlays = list(dict.fromkeys(overlays or []))
@@ -286,6 +287,15 @@ class Manager:
             if name in state.instances:
                 state.instances[name].phase = READY
         return warnings
+
+    def _check_hosts_free(self, name: str, state: State) -> None:
+        """Flat names can collide: instance `a`'s Studio host is instance `a-studio`'s API host."""
+        mine = set(self.settings.hosts(name).values())
+        for other in state.instances:
+            if mine & set(self.settings.hosts(other).values()):
+                raise UsageError(
+                    f"instance name {name!r} would share a host name with instance {other!r}"
+                )
 
     def _wait_healthy(self, name: str, progress: Progress, timeout: float = WAIT_TIMEOUT) -> None:
         """Wait until every container runs (and is healthy where it has a healthcheck)."""
@@ -548,6 +558,30 @@ class Manager:
             return sorted(self._template(record.template).services(record.overlays))
         except ManagerError:
             return []
+
+    def overlay_names(self, template: str | None = None) -> list[str]:
+        """Overlays of one template, or of every template."""
+        from controller.templatefiles import TemplateFiles
+
+        names = [template] if template else self.template_names()
+        found: set[str] = set()
+        for each in names:
+            with contextlib.suppress(ManagerError, OSError):
+                found.update(TemplateFiles(self.settings.template_dir(each)).overlays())
+        return sorted(found)
+
+    def template_port_services(self, template: str | None = None) -> list[str]:
+        """Services whose host port `create --port SERVICE=PORT` may choose."""
+        from controller.render import needed_ports
+        from controller.templatefiles import TemplateFiles
+
+        names = [template] if template else self.template_names()
+        found: set[str] = set()
+        for each in names:
+            with contextlib.suppress(ManagerError, OSError):
+                files = TemplateFiles(self.settings.template_dir(each))
+                found.update(key.split(":", 1)[0] for key in needed_ports(files, ()))
+        return sorted(found)
 
     def env_keys(self, name: str) -> list[str]:
         try:

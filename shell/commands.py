@@ -19,8 +19,6 @@ from controller.errors import ManagerError, OperationError, UsageError
 from shell.context import ARGV, BATCH, REPL, Context
 from shell.parse import Command, Opt, ParseError, pattern
 
-OVERLAYS = ("logs", "kong", "s3", "mail")
-
 
 class LeaveShell(Exception):
     """Raised by `exit`/`quit` inside the REPL."""
@@ -563,7 +561,6 @@ TABLE: list[Command] = [
             "upstream overlay to add",
             "OVERLAY",
             repeat=True,
-            choices=OVERLAYS,
             complete="overlay",
         ),
         Opt(

@@ -15,11 +15,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from shell.commands import OVERLAYS, table_for
+from shell.commands import table_for
 from shell.context import REPL, Context
 from shell.parse import HELP_FLAGS, JSON_FLAG, Arg, Command, Lit, Opt
-
-_PUBLISHED = ("analytics", "db", "kong", "studio", "supavisor")
 
 
 @dataclass(frozen=True)
@@ -59,18 +57,13 @@ class Sources:
         self._cache[key] = (stamp, value)
         return value
 
-    def _manager_or(self, method: str, fallback: Callable[[], list[str]], *args) -> list[str]:
-        try:
-            return list(getattr(self.ctx.manager, method)(*args))
-        except Exception:  # not implemented yet, or the Manager cannot be built: read files
-            return fallback()
+    def _names(self, method: str, *args: str) -> list[str]:
+        return list(getattr(self.ctx.manager, method)(*args))
 
     def instances(self) -> list[str]:
         s = self.ctx.settings
         return self._cached(
-            ("instances",),
-            self._stamp(s.state_path),
-            lambda: self._manager_or("instance_names", self._state_instances),
+            ("instances",), self._stamp(s.state_path), lambda: self._names("instance_names")
         )
 
     def templates(self) -> list[str]:
@@ -78,7 +71,15 @@ class Sources:
         return self._cached(
             ("templates",),
             self._stamp(s.state_path, s.templates_dir),
-            lambda: self._manager_or("template_names", self._dir_templates),
+            lambda: self._names("template_names"),
+        )
+
+    def overlays(self, template: str | None) -> list[str]:
+        s = self.ctx.settings
+        return self._cached(
+            ("overlays", template),
+            self._stamp(s.templates_dir),
+            lambda: self._names("overlay_names", template),
         )
 
     def services(self, name: str) -> list[str]:
@@ -86,63 +87,22 @@ class Sources:
         folder = s.instance_dir(name)
         return self._cached(
             ("services", name),
-            self._stamp(s.state_path, folder / "docker-compose.yml", folder / ".env"),
-            lambda: self._manager_or("service_names", lambda: self._compose_services(name), name),
+            self._stamp(s.state_path, folder / ".env"),
+            lambda: self._names("service_names", name),
         )
 
     def env_keys(self, name: str) -> list[str]:
-        s = self.ctx.settings
-        env = s.instance_dir(name) / ".env"
-        return self._cached(
-            ("env", name),
-            self._stamp(env),
-            lambda: self._manager_or("env_keys", lambda: self._file_env_keys(env), name),
-        )
+        env = self.ctx.settings.instance_dir(name) / ".env"
+        return self._cached(("env", name), self._stamp(env), lambda: self._names("env_keys", name))
 
     def published_services(self, template: str | None) -> list[str]:
-        """Services whose host port ``--port`` may choose (the template's, when the Manager
-        can tell; else the usual upstream ones)."""
-        method = getattr(self.ctx.manager, "template_port_services", None)
-        if method is not None:
-            try:
-                return list(method(template))
-            except Exception:
-                pass
-        return list(_PUBLISHED)
-
-    # Fallbacks while the Manager does not answer these itself.
-    def _state_instances(self) -> list[str]:
-        from controller.state import StateStore
-
+        """Services whose host port ``--port`` may choose."""
         s = self.ctx.settings
-        return list(StateStore(s.state_path, s.lock_path).read().instances)
-
-    def _dir_templates(self) -> list[str]:
-        folder = self.ctx.settings.templates_dir
-        return [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
-
-    def _compose_services(self, name: str) -> list[str]:
-        path = self.ctx.settings.instance_dir(name) / "docker-compose.yml"
-        services, inside = [], False
-        for line in path.read_text().splitlines():
-            if line.startswith("services:"):
-                inside = True
-            elif inside and line and not line[0].isspace() and not line.startswith("#"):
-                inside = False
-            elif inside and line.startswith("  ") and not line.startswith("   "):
-                word = line.strip()
-                if word.endswith(":") and not word.startswith("#"):
-                    services.append(word[:-1].strip("'\""))
-        return services
-
-    @staticmethod
-    def _file_env_keys(path: Path) -> list[str]:
-        keys = []
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#") and "=" in line:
-                keys.append(line.split("=", 1)[0].strip())
-        return keys
+        return self._cached(
+            ("published", template),
+            self._stamp(s.templates_dir),
+            lambda: self._names("template_port_services", template),
+        )
 
 
 def warm_up(sources: Sources) -> None:
@@ -354,7 +314,8 @@ class Completer:
                 if t.startswith(current)
             ]
         if kind == "overlay":
-            return [Candidate(o, start, "overlay") for o in OVERLAYS if o.startswith(current)]
+            overlays = self.sources.overlays(values.get("template"))
+            return [Candidate(o, start, "overlay") for o in overlays if o.startswith(current)]
         if kind == "service" and name:
             taken = set(values.get("services") or [])
             services = [s for s in self.sources.services(name) if s not in taken]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from controller.errors import UsageError
-from shell.commands import OVERLAYS, _cpus, _memory, _port_assignment
+from shell.commands import _cpus, _memory, _port_assignment
 from shell.context import Context
 
 # Shown in the preview when the controller does not say which secrets it generates.
@@ -104,10 +104,11 @@ class _Wizard:
             or default
         )
 
+        available = self.ctx.manager.overlay_names(template)
         overlays = self.ask(
-            f"overlays ({' '.join(OVERLAYS)}; empty for none): ",
-            completer=WordCompleter(list(OVERLAYS)),
-            validator=_validator(_overlay_problem),
+            f"overlays ({' '.join(available)}; empty for none): ",
+            completer=WordCompleter(available),
+            validator=_validator(lambda text: _overlay_problem(text, available)),
         ).split()
 
         ports: dict[str, int] = {}
@@ -206,9 +207,9 @@ def _yes_no_problem(text: str) -> str | None:
     return None if text.lower() in ("", "y", "yes", "n", "no") else "answer y or n"
 
 
-def _overlay_problem(text: str) -> str | None:
-    unknown = [o for o in text.split() if o not in OVERLAYS]
-    return f"unknown overlay {unknown[0]!r}; one of: {', '.join(OVERLAYS)}" if unknown else None
+def _overlay_problem(text: str, available: list[str]) -> str | None:
+    unknown = [o for o in text.split() if o not in available]
+    return f"unknown overlay {unknown[0]!r}; one of: {', '.join(available)}" if unknown else None
 
 
 def _ports_problem(text: str) -> str | None:

@@ -39,6 +39,9 @@ class FakeManager:
     def template_names(self):
         return ["v0.8.2"]
 
+    def overlay_names(self, template=None):
+        return ["kong", "logs", "mail", "s3"]
+
     def service_names(self, name):
         return ["db", "kong", "studio"]
 

@@ -1,0 +1,288 @@
+"""Whole instances on the real Docker engine, through the real CLI.
+
+Supabase's own images cannot be pulled here: every instance layers the stand-in overlay
+(tests/world/standin.py) through --extra-compose, which swaps each service's image for a local
+busybox HTTP stand-in (or the real PostgreSQL for db) and keeps ports, names, networks and volumes.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from controller.templatefiles import MAIL_COMPOSE
+from tests.world.standin import write_standin_overlay
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "supabase-docker"
+if not FIXTURES.is_dir():
+    FIXTURES = Path(os.environ.get("SBM_FIXTURES", "/work/shared/fixtures/supabase-docker"))
+CLI = [sys.executable, "-m", "shell"]
+
+pytestmark = pytest.mark.docker
+
+
+class World:
+    """A data root with templates imported and their stand-in overlays written."""
+
+    def __init__(self, root: Path, caddy) -> None:
+        self.root = root
+        self.caddy = caddy
+        self.env = dict(os.environ)
+        self.env.update(
+            {
+                "SUPABASE_MANAGER_ROOT": str(root),
+                "SUPABASE_MANAGER_DOMAIN": "sbm.test",
+                "SUPABASE_MANAGER_SCHEME": "http",
+                "SUPABASE_MANAGER_PUBLIC_PORT": str(caddy.http_port),
+                "SUPABASE_MANAGER_CADDY_ADMIN": caddy.admin_url,
+                "SUPABASE_MANAGER_WAIT_TIMEOUT": "120",
+                "NO_COLOR": "1",
+            }
+        )
+        self.overlays: dict[tuple[str, tuple[str, ...]], Path] = {}
+
+    def run(self, *args: str, check: bool = True, timeout: float = 300):
+        proc = subprocess.run(
+            [*CLI, *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{args} exited {proc.returncode}: {proc.stderr}")
+        return proc
+
+    def json(self, *args: str):
+        return json.loads(self.run("--json", *args).stdout)
+
+    def import_template(self, version: str) -> None:
+        self.run("template", "import", str(FIXTURES / version), "--name", version)
+
+    def standin(self, version: str, overlays: tuple[str, ...] = ()) -> Path:
+        key = (version, overlays)
+        if key not in self.overlays:
+            template = self.root / "templates" / version
+            files = [template / "docker-compose.yml"]
+            files += [template / f"docker-compose.{o}.yml" for o in overlays if o != "mail"]
+            if "mail" in overlays:  # our own mail catcher needs a stand-in too
+                mail = self.root.parent / "mail-overlay.yml"
+                mail.write_text(MAIL_COMPOSE)
+                files.append(mail)
+            dest = self.root.parent / f"standin-{version}-{'-'.join(overlays) or 'base'}.yml"
+            self.overlays[key] = write_standin_overlay(files, dest)
+        return self.overlays[key]
+
+    def create(self, name: str, version: str, *extra: str, overlays: tuple[str, ...] = ()):
+        overlay = str(self.standin(version, overlays))
+        args = ["create", name, "--template", version, "--extra-compose", overlay]
+        for overlay in overlays:
+            args += ["--overlay", overlay]
+        return self.run(*args, *extra)
+
+    def state(self) -> dict:
+        return json.loads((self.root / "state.json").read_text())
+
+    def gateway_port(self, name: str) -> int:
+        ports = self.state()["instances"][name]["ports"]
+        gateway = [port for key, port in ports.items() if key.endswith(":8000")]
+        assert gateway, ports
+        return gateway[0]
+
+
+@pytest.fixture
+def world(data_root, caddy, docker_sandbox):
+    return World(data_root, caddy)
+
+
+def _body(port: int) -> str:
+    return httpx.get(f"http://127.0.0.1:{port}/rest/v1/", timeout=5).text
+
+
+def _docker_names(client, kind: str, project: str) -> list[str]:
+    label = {"label": f"com.docker.compose.project={project}"}
+    if kind == "containers":
+        return [c.name for c in client.containers.list(all=True, filters=label)]
+    if kind == "networks":
+        return [n.name for n in client.networks.list(filters=label)]
+    return [v.name for v in client.volumes.list(filters=label)]
+
+
+def test_instances_from_two_templates_run_side_by_side(world, docker_client):
+    world.import_template("v0.8.2")
+    world.import_template("2025-07-15")
+    world.create("alpha", "v0.8.2")
+    world.create("beta", "v0.8.2")
+    world.create("gamma", "2025-07-15")
+
+    for name in ("alpha", "beta", "gamma"):
+        assert f"of {name}" in _body(world.gateway_port(name))
+    listing = {row["name"]: row for row in world.json("list")}
+    assert {n: r["status"] for n, r in listing.items()} == {
+        "alpha": "running",
+        "beta": "running",
+        "gamma": "running",
+    }
+    assert all(r["memory_bytes"] and r["memory_bytes"] > 0 for r in listing.values())
+    alpha_containers = _docker_names(docker_client, "containers", "alpha")
+    assert "alpha-db" in alpha_containers and "alpha-realtime" in alpha_containers
+
+    world.run("stop", "beta")
+    assert {r["name"]: r["status"] for r in world.json("list")}["beta"] == "stopped"
+    for name in ("alpha", "gamma"):
+        assert f"of {name}" in _body(world.gateway_port(name))
+    with pytest.raises(httpx.TransportError):
+        _body(world.gateway_port("beta"))
+
+    detail = world.json("show", "alpha")
+    assert detail["status"] == "running"
+    assert {c["service"] for c in detail["containers"]} >= {"db", "api-gw", "studio", "auth"}
+    env = (world.root / "instances" / "alpha" / ".env").read_text()
+    anon = next(line.split("=", 1)[1] for line in env.splitlines() if line.startswith("ANON_KEY="))
+    assert anon not in json.dumps(detail), "show must mask keys without --show-secrets"
+    assert anon in world.run("show", "alpha", "--show-secrets").stdout
+
+    for name in ("alpha", "beta", "gamma"):
+        world.run("delete", name, "--purge", "--yes")
+        for kind in ("containers", "networks", "volumes"):
+            assert _docker_names(docker_client, kind, name) == [], (name, kind)
+        assert not (world.root / "instances" / name).exists()
+    assert world.state()["instances"] == {}
+
+
+def test_delete_without_purge_keeps_the_data(world, docker_client):
+    world.import_template("v0.8.2")
+    world.create("keep", "v0.8.2", "--no-start")
+    world.run("delete", "keep", "--yes")
+    assert (world.root / "instances" / "keep" / ".env").is_file()
+    assert "keep" not in world.state()["instances"]
+
+
+def test_killed_create_is_marked_incomplete_then_finished_or_cleaned(world, docker_client):
+    world.import_template("v0.8.2")
+    args = ["create", "half", "--template", "v0.8.2"]
+    args += ["--extra-compose", str(world.standin("v0.8.2"))]
+    proc = subprocess.Popen(
+        [*CLI, *args], env=world.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    # Kill it once its containers exist: half-way through waiting for health.
+    while time.monotonic() < deadline:
+        if _docker_names(docker_client, "containers", "half"):
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert world.state()["instances"]["half"]["phase"] == "creating"
+    assert {r["name"]: r["status"] for r in world.json("list")}["half"] == "incomplete"
+
+    world.run("create", "half")  # finishes it
+    assert world.state()["instances"]["half"]["phase"] == "ready"
+    assert "of half" in _body(world.gateway_port("half"))
+
+    # A second killed create is cleaned up by delete.
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "create",
+            "half2",
+            "--template",
+            "v0.8.2",
+            "--extra-compose",
+            str(world.standin("v0.8.2")),
+        ],
+        env=world.env,
+    )
+    while time.monotonic() < deadline + 60:
+        if _docker_names(docker_client, "containers", "half2"):
+            break
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait(10)
+    world.run("delete", "half2", "--purge", "--yes")
+    assert _docker_names(docker_client, "containers", "half2") == []
+    assert "half2" not in world.state()["instances"]
+
+
+def test_concurrent_creates_get_disjoint_ports(world):
+    world.import_template("v0.8.2")
+    overlay = str(world.standin("v0.8.2"))
+    procs = [
+        subprocess.Popen(
+            [
+                *CLI,
+                "create",
+                f"c{i}",
+                "--template",
+                "v0.8.2",
+                "--no-start",
+                "--extra-compose",
+                overlay,
+            ],
+            env=world.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(6)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    instances = world.state()["instances"]
+    assert sorted(instances) == [f"c{i}" for i in range(6)]
+    ports = [p for record in instances.values() for p in record["ports"].values()]
+    assert len(ports) == len(set(ports))
+
+
+def test_docker_down_is_one_line_and_changes_nothing(world):
+    world.import_template("v0.8.2")
+    world.env["DOCKER_HOST"] = f"unix://{world.root}/no-docker.sock"
+    proc = world.run("create", "nodock", "--template", "v0.8.2", check=False)
+    assert proc.returncode == 1
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "Docker" in proc.stderr
+    assert "nodock" not in json.dumps(world.state() if (world.root / "state.json").exists() else {})
+    assert not (world.root / "instances" / "nodock").exists()
+
+
+def test_bad_input_exits_2_and_writes_nothing(world):
+    world.import_template("v0.8.2")
+    before = sorted(p.name for p in world.root.iterdir())
+    for args in (
+        ["create", "Bad_Name"],
+        ["create", "ok", "--overlay", "nosuch"],
+        ["create", "ok", "--memory", "lots"],
+        ["create", "ok", "--port", "api-gw=notaport"],
+    ):
+        proc = world.run(*args, "--no-start", check=False)
+        assert proc.returncode == 2, (args, proc.stderr)
+        first, *rest = proc.stderr.splitlines()
+        assert first.startswith("supabase-manager: ") and "Traceback" not in proc.stderr
+        assert all(line.startswith("usage:") for line in rest), proc.stderr
+    assert not (world.root / "instances" / "ok").exists()
+    assert sorted(p.name for p in world.root.iterdir()) == before
+
+
+def test_env_changes_are_validated_audited_and_name_services(world):
+    world.import_template("v0.8.2")
+    world.create("envy", "v0.8.2", "--no-start")
+    assert world.run("env", "envy", "get", "JWT_EXPIRY").stdout.strip() == "3600"
+    out = world.run("env", "envy", "set", "JWT_EXPIRY=7200").stdout
+    assert "auth" in out  # GOTRUE_JWT_EXP uses it: auth must restart
+    assert world.run("env", "envy", "get", "JWT_EXPIRY").stdout.strip() == "7200"
+    env_before = (world.root / "instances" / "envy" / ".env").read_text()
+    bad = world.run("env", "envy", "set", "JWT_SECRET=short", check=False)
+    assert bad.returncode == 2 and "JWT_SECRET" in bad.stderr
+    assert (world.root / "instances" / "envy" / ".env").read_text() == env_before
+    secret = "s" * 40
+    world.run("env", "envy", "set", f"JWT_SECRET={secret}")
+    listing = world.run("env", "envy").stdout
+    assert secret not in listing and "JWT_SECRET" in listing
+    audit = (world.root / "audit.log").read_text()
+    assert secret not in audit and "env set JWT_SECRET" in audit
+    assert oct(os.stat(world.root / "audit.log").st_mode & 0o777) == "0o600"
+    lines = [json.loads(line) for line in audit.splitlines()]
+    assert {"time", "user", "command", "instance", "outcome"} <= set(lines[-1])
