@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.world.standin import write_standin_overlay  # noqa: E402
+from tests.world.templates import fixtures_dir  # noqa: E402
 
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "supabase-docker" / "v0.8.2"
+FIXTURE = fixtures_dir() / "v0.8.2"
 CLI = [sys.executable, "-m", "shell"]
 
 

@@ -51,10 +51,11 @@ def _quiet(_: str) -> None:
     pass
 
 
-def _instance_status(record: InstanceRecord, containers: list) -> tuple[str, int, int]:
+def _instance_status(
+    record: InstanceRecord, containers: list, jobs: set[str] = frozenset()
+) -> tuple[str, int, int]:
     running = sum(1 for c in containers if c.state == "running")
-    # A one-shot helper (e.g. a bucket creator) that exited 0 has done its job.
-    done = sum(1 for c in containers if c.state == "exited" and c.exit_code == 0)
+    done = sum(1 for c in containers if _job_done(c, jobs))
     if record.phase == CREATING:
         return INCOMPLETE, running, len(containers)
     if not containers:
@@ -64,6 +65,11 @@ def _instance_status(record: InstanceRecord, containers: list) -> tuple[str, int
     if running + done == len(containers):
         return RUNNING, running, len(containers)
     return PARTIAL, running, len(containers)
+
+
+def _job_done(container, jobs: set[str]) -> bool:
+    """A one-shot job that exited 0 has done its work; any other exited container is down."""
+    return container.service in jobs and container.state == "exited" and container.exit_code == 0
 
 
 def _folder_size(path: Path) -> int:
@@ -113,6 +119,12 @@ class Manager:
         if not (path / "docker-compose.yml").is_file():
             raise OperationError(f"template {name!r} is missing from {path}")
         return TemplateFiles(path)
+
+    def _jobs(self, record: InstanceRecord) -> set[str]:
+        try:
+            return self._template(record.template).one_shot_services(record.overlays)
+        except ManagerError:
+            return set()
 
     def _compose(self, name: str):
         from controller.compose import Compose
@@ -297,29 +309,38 @@ class Manager:
                     f"instance name {name!r} would share a host name with instance {other!r}"
                 )
 
-    def _wait_healthy(self, name: str, progress: Progress, timeout: float = WAIT_TIMEOUT) -> None:
-        """Wait until every container runs (and is healthy where it has a healthcheck)."""
+    def _wait_healthy(
+        self,
+        name: str,
+        progress: Progress,
+        services: list[str] | None = None,
+        timeout: float = WAIT_TIMEOUT,
+    ) -> None:
+        """Wait until the containers (of ``services``, or all) run, healthy where they have a
+        healthcheck; a one-shot job only has to exit 0."""
         api = self._docker()
+        jobs = self._jobs(self._record(name))
         deadline = time.monotonic() + timeout
         last = ""
         while True:
-            containers = api.containers(name)
-            waiting = sorted(
-                f"{c.service}: {c.health or c.state}"
+            containers = [c for c in api.containers(name) if not services or c.service in services]
+            waiting = [
+                c
                 for c in containers
                 if not (c.state == "running" and c.health in (None, "healthy"))
-                and not (c.state == "exited" and c.exit_code == 0)
-            )
+                and not _job_done(c, jobs)
+            ]
             if containers and not waiting:
                 progress(f"{name}: all {len(containers)} services are up")
                 return
-            line = "waiting for " + ", ".join(waiting) if waiting else "waiting for containers"
+            words = sorted(f"{c.service}: {c.health or c.state}" for c in waiting)
+            line = "waiting for " + ", ".join(words) if words else "waiting for containers"
             if line != last:
                 progress(line)
                 last = line
-            failed = [c for c in containers if c.state == "exited" and c.exit_code]
+            failed = [c for c in waiting if c.state in ("exited", "dead")]
             if failed or time.monotonic() > deadline:
-                culprit = (failed or [c for c in containers if c.health != "healthy"] or [None])[0]
+                culprit = (failed or waiting or [None])[0]
                 what = (
                     f"service {culprit.service} ({culprit.health or culprit.state})"
                     if culprit
@@ -337,7 +358,7 @@ class Manager:
             self._compose(name).up(services)
             if not services:
                 self._set_autostart(name, True)
-            self._wait_healthy(name, progress)
+            self._wait_healthy(name, progress, services)
 
     def start_all(self, progress: Progress = _quiet) -> list[str]:
         """Start every instance marked to start (boot); returns the names started."""
@@ -376,7 +397,7 @@ class Manager:
             compose = self._compose(name)
             compose.up(services)
             compose.restart(services)
-            self._wait_healthy(name, progress)
+            self._wait_healthy(name, progress, services)
 
     def _require_ready(self, record: InstanceRecord) -> None:
         if record.phase != READY:
@@ -420,9 +441,13 @@ class Manager:
             running = [c.id for cs in grouped.values() for c in cs if c.state == "running"]
             usage = api.usage(running)
         summaries = []
+        jobs: dict[tuple, set[str]] = {}  # per template and overlays: parse each once
         for name, record in sorted(state.instances.items()):
             containers = grouped.get(name, [])
-            status, running_count, total = _instance_status(record, containers)
+            key = (record.template, tuple(record.overlays))
+            if key not in jobs:
+                jobs[key] = self._jobs(record)
+            status, running_count, total = _instance_status(record, containers, jobs[key])
             cpu = mem = disk = None
             if resources:
                 samples = [usage[c.id] for c in containers if c.id in usage]
@@ -450,7 +475,7 @@ class Manager:
 
         record = self._record(name)
         containers = self._docker().containers(name)
-        status, _, _ = _instance_status(record, containers)
+        status, _, _ = _instance_status(record, containers, self._jobs(record))
         env = self._env(name)
         files = self._template(record.template)
         hosts = self.settings.hosts(name)
@@ -790,8 +815,9 @@ class Manager:
         for name, record in sorted(state.instances.items()):
             if record.phase != READY or not record.autostart:
                 continue
+            jobs = self._jobs(record)
             for c in grouped.get(name, []):
-                if c.state != "running" and not (c.state == "exited" and c.exit_code == 0):
+                if c.state != "running" and not _job_done(c, jobs):
                     problems.append(f"{name}: service {c.service} is {c.state}")
                 elif c.health == "unhealthy":
                     problems.append(f"{name}: service {c.service} is unhealthy")

@@ -454,6 +454,20 @@ class TemplateFiles:
             )
         return out
 
+    def one_shot_services(self, overlays: Sequence[str] = ()) -> set[str]:
+        """Jobs that run once and exit (e.g. a bucket creator): another service waits for them
+        with ``condition: service_completed_successfully``. Their exit 0 is success, not "down"."""
+        jobs = set()
+        for body in self.merged(overlays).values():
+            depends = body.get("depends_on") or {}
+            if isinstance(depends, dict):
+                for name, spec in depends.items():
+                    if isinstance(spec, dict) and (
+                        spec.get("condition") == "service_completed_successfully"
+                    ):
+                        jobs.add(name)
+        return jobs
+
     def role(self, role: str, overlays: Sequence[str] = ()) -> str | None:
         """The service that plays ``role`` (gateway, studio, db, pooler, mail), or None."""
         if role not in _ROLE_HINTS:

@@ -38,7 +38,7 @@ def test_bad_settings_are_usage_errors(tmp_path, env, word):
 
 def test_broken_toml_names_the_file(tmp_path):
     (tmp_path / "config.toml").write_text("domain = \n")
-    with pytest.raises(UsageError, match="config.toml"):
+    with pytest.raises(UsageError, match=r"config\.toml"):
         load_settings(root=tmp_path, env={})
 
 

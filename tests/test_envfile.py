@@ -1,13 +1,12 @@
 """.env parsing keeps every byte; value validation; which services read a variable."""
 
-from pathlib import Path
-
 import pytest
 
 from controller.envfile import EnvFile, check_text, quote_value, services_using, validate
 from controller.secrets import generate_secrets
+from tests.world.templates import fixtures_dir
 
-FIXTURES = Path("/work/shared/fixtures/supabase-docker")
+FIXTURES = fixtures_dir()
 VERSIONS = ["v0.8.2", "2025-07-15"]
 
 

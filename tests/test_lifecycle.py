@@ -18,10 +18,9 @@ import pytest
 
 from controller.templatefiles import MAIL_COMPOSE
 from tests.world.standin import write_standin_overlay
+from tests.world.templates import fixtures_dir
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "supabase-docker"
-if not FIXTURES.is_dir():
-    FIXTURES = Path(os.environ.get("SBM_FIXTURES", "/work/shared/fixtures/supabase-docker"))
+FIXTURES = fixtures_dir()
 CLI = [sys.executable, "-m", "shell"]
 
 pytestmark = pytest.mark.docker
@@ -104,7 +103,9 @@ def _body(port: int) -> str:
 def _docker_names(client, kind: str, project: str) -> list[str]:
     label = {"label": f"com.docker.compose.project={project}"}
     if kind == "containers":
-        return [c.name for c in client.containers.list(all=True, filters=label)]
+        return [
+            c.name for c in client.containers.list(all=True, filters=label, ignore_removed=True)
+        ]
     if kind == "networks":
         return [n.name for n in client.networks.list(filters=label)]
     return [v.name for v in client.volumes.list(filters=label)]
@@ -286,3 +287,78 @@ def test_env_changes_are_validated_audited_and_name_services(world):
     assert oct(os.stat(world.root / "audit.log").st_mode & 0o777) == "0o600"
     lines = [json.loads(line) for line in audit.splitlines()]
     assert {"time", "user", "command", "instance", "outcome"} <= set(lines[-1])
+
+
+def test_services_logs_and_restart(world):
+    world.import_template("v0.8.2")
+    world.create("logbook", "v0.8.2")
+    tail = world.run("logs", "logbook", "db", "--tail", "5").stdout.splitlines()
+    assert 0 < len(tail) <= 5 and all("db" in line for line in tail)
+    # A failed login makes the real PostgreSQL log a FATAL line.
+    subprocess.run(
+        [
+            "docker",
+            "exec",
+            "-e",
+            "PGPASSWORD=wrong",
+            "logbook-db",
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-c",
+            "select 1",
+        ],
+        capture_output=True,
+    )
+    everything = world.run("logs", "logbook").stdout
+    assert "ready to accept connections" in everything
+    errors = world.run("logs", "logbook", "--errors").stdout.splitlines()
+    assert any("password authentication failed" in line for line in errors), errors
+    assert not any("ready to accept connections" in line for line in errors)
+
+    world.run("stop", "logbook", "auth")
+    detail = world.json("show", "logbook")
+    states = {c["service"]: c["state"] for c in detail["containers"]}
+    assert states["auth"] == "exited" and states["db"] == "running"
+    assert detail["status"] == "partial"
+    world.run("start", "logbook", "auth")
+    assert world.json("show", "logbook")["status"] == "running"
+    world.run("restart", "logbook", "api-gw")
+    assert "of logbook" in _body(world.gateway_port("logbook"))
+    bad = world.run("stop", "logbook", "nosuch", check=False)
+    assert bad.returncode == 2 and "nosuch" in bad.stderr
+
+
+def test_corrupt_state_stops_every_command(world):
+    world.import_template("v0.8.2")
+    world.create("solid", "v0.8.2", "--no-start")
+    state_file = world.root / "state.json"
+    state_file.write_text('{"schema": 1, "instances": ')
+    for args in (["list"], ["create", "other", "--no-start"], ["delete", "solid", "--yes"]):
+        proc = world.run(*args, check=False)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert str(state_file) in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert state_file.read_text() == '{"schema": 1, "instances": '
+    assert not (world.root / "instances" / "other").exists()
+
+
+def test_missing_compose_plugin_is_one_line(world, tmp_path):
+    world.import_template("v0.8.2")
+    # A docker CLI without the compose plugin: everything else goes to the real one.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    real = subprocess.run(["which", "docker"], capture_output=True, text=True).stdout.strip()
+    (fake / "docker").write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do [ "$a" = compose ] && '
+        "{ echo \"docker: 'compose' is not a docker command.\" >&2; exit 1; }; done\n"
+        f'exec {real} "$@"\n'
+    )
+    (fake / "docker").chmod(0o755)
+    world.env["PATH"] = f"{fake}:{world.env['PATH']}"
+    proc = world.run("create", "plugless", check=False)
+    assert proc.returncode == 1
+    assert "compose" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert not (world.root / "instances" / "plugless").exists()

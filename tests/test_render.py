@@ -32,8 +32,9 @@ from controller.render import (
 )
 from controller.state import InstanceRecord
 from controller.templatefiles import TemplateFiles, load_yaml
+from tests.world.templates import fixtures_dir
 
-FIXTURES = Path("/work/shared/fixtures/supabase-docker")
+FIXTURES = fixtures_dir()
 
 
 def _combos():

@@ -13,7 +13,7 @@ from controller.errors import UsageError
 from controller.state import READY, InstanceRecord, StateStore, TemplateRecord
 from shell import commands
 from shell.cli import split_globals
-from shell.commands import TABLE, command_help, overview, table_for
+from shell.commands import TABLE, overview, table_for
 from shell.completion import Completer, fuzzy
 from shell.context import ARGV, REPL, Context
 from shell.history import history_path, is_secret, make_history, redact

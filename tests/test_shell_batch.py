@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.world.templates import fixtures_dir
+
 REPO = Path(__file__).resolve().parent.parent
-FIXTURE = REPO.parent / "shared" / "fixtures" / "supabase-docker" / "v0.8.2"
+FIXTURE = fixtures_dir() / "v0.8.2"
 
 
 def program() -> list[str]:

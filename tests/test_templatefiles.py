@@ -1,7 +1,5 @@
 """Reading upstream template folders: overlays, services, ports, roles, derived from the files."""
 
-from pathlib import Path
-
 import pytest
 
 from controller.errors import UsageError
@@ -17,8 +15,9 @@ from controller.templatefiles import (
     merge_services,
     parse_port,
 )
+from tests.world.templates import fixtures_dir
 
-FIXTURES = Path("/work/shared/fixtures/supabase-docker")
+FIXTURES = fixtures_dir()
 
 
 @pytest.fixture

@@ -24,8 +24,9 @@ from controller.templates import (
     template_name_for,
 )
 from tests.fakegithub import FakeGitHub
+from tests.world.templates import fixtures_dir
 
-FIXTURES = Path("/work/shared/fixtures/supabase-docker")
+FIXTURES = fixtures_dir()
 NEW = FIXTURES / "v0.8.2"
 
 

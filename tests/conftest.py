@@ -1,0 +1,70 @@
+"""Shared fixtures: the real test world (Docker engine, Caddy, throw-away data roots).
+
+Nothing here skips: when Docker or Caddy is missing the tests that need them FAIL with a message
+naming scripts/provision, which sets the machine up (scripts/test runs it).
+
+- docker_client (session): docker SDK client on the real engine (stand-in images checked too).
+- docker_sandbox: snapshots containers/networks/volumes and force-removes every new one at
+  teardown, also when the test failed. Use it in every test that creates Docker objects.
+- data_root: an empty folder to pass as --root (the path is not exported anywhere).
+- caddy: a running Caddy 2.11.7 (tests.world.caddy.CaddyProcess) whose Caddyfile imports
+  data_root/caddy/*.conf; stopped at teardown.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.world.caddy import CaddyProcess  # noqa: E402
+from tests.world.dockerworld import DockerSandbox, DockerUnavailableError, connect  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    """Docker SDK client on the real engine; fails (never skips) when it is unavailable."""
+    try:
+        client = connect()
+    except DockerUnavailableError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def docker_sandbox(docker_client: docker.DockerClient) -> Iterator[DockerSandbox]:
+    """Everything Docker-side that the test creates is force-removed afterwards."""
+    with DockerSandbox(docker_client).session() as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    """An empty data folder for --root."""
+    root = tmp_path / "root"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def caddy(data_root: Path, tmp_path: Path) -> Iterator[CaddyProcess]:
+    """A real Caddy on loopback: admin_url, http_port, caddyfile, snippet_dir, start/stop/
+    restart/reload, url(path), get(host, path), request(method, host, path), admin(method, path),
+    config(), routes()."""
+    process = CaddyProcess(data_root, tmp_path / "caddy-run")
+    try:
+        process.start()
+    except FileNotFoundError as exc:
+        pytest.fail(f"{exc}: run scripts/test (or scripts/provision)", pytrace=False)
+    try:
+        yield process
+    finally:
+        process.stop()
