@@ -15,7 +15,6 @@ Target: apply within 1.5x the floor.
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ from controller.caddy import (  # noqa: E402
 from controller.caddy.admin import AdminClient  # noqa: E402
 from controller.caddy.routes import BIND_ENV, plan, render_route  # noqa: E402
 from controller.config import Settings  # noqa: E402
-from tests.caddyworld import CADDY, CaddyWorld  # noqa: E402
+from tests.world.caddy import CaddyProcess  # noqa: E402
 
 DOMAIN = "bench.test"
 HASH = bcrypt.hashpw(b"bench-password", bcrypt.gensalt(4)).decode()
@@ -65,7 +64,8 @@ def bench(size: int, runs: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="sbm-bench-") as tmp:
         root = Path(tmp) / "root"
         root.mkdir()
-        world = CaddyWorld(root)
+        # No server in the Caddyfile: the first plan below creates it, as on a fresh Caddy.
+        world = CaddyProcess(root, Path(tmp) / "caddy", with_server=False)
         world.start()
         try:
             settings = Settings(
@@ -107,21 +107,7 @@ def bench(size: int, runs: int) -> dict[str, float]:
 
                 def snippet_and_reload(spec=spec) -> None:
                     write_snippet(settings, spec)
-                    subprocess.run(
-                        [
-                            CADDY,
-                            "reload",
-                            "--config",
-                            str(world.caddyfile),
-                            "--adapter",
-                            "caddyfile",
-                            "--address",
-                            world.admin_url.removeprefix("http://"),
-                        ],
-                        env=world.env,
-                        check=True,
-                        capture_output=True,
-                    )
+                    world.reload()
 
                 reload.append(timed(snippet_and_reload))
                 remove_snippet(settings, spec.name)
@@ -132,7 +118,7 @@ def bench(size: int, runs: int) -> dict[str, float]:
                 "reload": statistics.median(reload),
             }
         finally:
-            world.close()
+            world.stop()
 
 
 def main() -> None:

@@ -840,7 +840,7 @@ class Manager:
             DockerAPI(timeout=2).ping()
             result["docker"] = True
         with contextlib.suppress(Exception):
-            from controller.caddy import status
+            from controller.caddy import reachable
 
-            result["caddy"] = bool(status(self.settings, {}).get("reachable"))
+            result["caddy"] = reachable(self.settings, timeout=1.0)
         return result

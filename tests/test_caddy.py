@@ -29,7 +29,8 @@ from controller.caddy import snippets as snippets_module
 from controller.caddy.routes import BIND_ENV
 from controller.config import Settings
 from controller.errors import CaddyUnavailable, OperationError
-from tests.caddyworld import Backend, CaddyWorld, EchoWebSocket, admin_client
+from tests.caddyworld import Backend, EchoWebSocket
+from tests.world.caddy import CaddyProcess
 
 pytestmark = pytest.mark.caddy
 
@@ -44,25 +45,9 @@ def _loopback_only(monkeypatch):
 
 
 @pytest.fixture
-def root(request, tmp_path):
-    try:
-        return Path(request.getfixturevalue("data_root"))
-    except pytest.FixtureLookupError:
-        path = tmp_path / "root"
-        path.mkdir()
-        return path
-
-
-@pytest.fixture
-def cw(request, root):
-    """conftest's shared ``caddy`` fixture when there is one, else our own of the same shape."""
-    try:
-        return request.getfixturevalue("caddy")
-    except pytest.FixtureLookupError:
-        world = CaddyWorld(root)
-        world.start()
-        request.addfinalizer(world.close)
-        return world
+def cw(caddy: CaddyProcess) -> CaddyProcess:
+    """conftest's shared ``caddy`` fixture (tests.world.caddy.CaddyProcess)."""
+    return caddy
 
 
 @pytest.fixture
@@ -130,10 +115,8 @@ def make(settings):
         inst.close()
 
 
-def get(world, host: str, auth=None, path: str = "/") -> httpx.Response:
-    return httpx.get(
-        f"http://127.0.0.1:{world.http_port}{path}", headers={"Host": host}, auth=auth, timeout=10
-    )
+def get(world: CaddyProcess, host: str, auth=None, path: str = "/") -> httpx.Response:
+    return world.get(host, path, auth=auth)
 
 
 def served_by(world, host: str, auth=None) -> tuple[str, str] | None:
@@ -149,9 +132,9 @@ def publish(settings, inst: Instance) -> None:
     write_snippet(settings, inst.spec)
 
 
-def live_routes(world) -> list[dict]:
-    with admin_client(world.admin_url) as client:
-        config = client.get("/config/").json() or {}
+def live_routes(world: CaddyProcess) -> list[dict]:
+    """The routes of every server (CaddyProcess.routes() reads only the "supabase" one)."""
+    config = world.admin("GET", "/config/").json() or {}
     servers = config.get("apps", {}).get("http", {}).get("servers", {})
     return [r for s in servers.values() for r in s.get("routes", [])]
 
@@ -211,10 +194,9 @@ def test_apply_is_idempotent_and_updates_in_place(cw, settings, make):
     a, b = make("one"), make("two")
     publish(settings, a)
     publish(settings, b)
-    with admin_client(cw.admin_url) as client:
-        before = client.get("/config/").headers["Etag"]
-        apply_instance(settings, a.spec)  # nothing changed: no request at all
-        assert client.get("/config/").headers["Etag"] == before
+    before = cw.admin("GET", "/config/").headers["Etag"]
+    apply_instance(settings, a.spec)  # nothing changed: no request at all
+    assert cw.admin("GET", "/config/").headers["Etag"] == before
 
     other = Backend("one", "api-v2")
     try:
@@ -243,12 +225,12 @@ def test_routes_go_before_a_catch_all(cw, settings, make):
     a = make("first")
     apply_instance(settings, a.spec)
     server = status(settings, {})["server"]
-    with admin_client(cw.admin_url) as client:
-        response = client.post(
-            f"/config/apps/http/servers/{server}/routes",
-            json={"handle": [{"handler": "static_response", "body": "catch-all"}]},
-        )
-        assert response.status_code == 200, response.text
+    response = cw.admin(
+        "POST",
+        f"/config/apps/http/servers/{server}/routes",
+        json={"handle": [{"handler": "static_response", "body": "catch-all"}]},
+    )
+    assert response.status_code == 200, response.text
     b = make("second")
     apply_instance(settings, b.spec)
     assert served_by(cw, f"second.{DOMAIN}") == ("second", "api")
@@ -482,10 +464,9 @@ def test_a_snippet_caddy_rejects_never_replaces_a_good_one(cw, settings, make, m
 def test_snippet_adapts_to_the_same_route_shape(cw, settings, make):
     a = make("shape")
     text = snippets_module.render_snippet(settings, a.spec)
-    with admin_client(cw.admin_url) as client:
-        adapted = client.post(
-            "/adapt", content=text, headers={"Content-Type": "text/caddyfile"}
-        ).json()["result"]
+    adapted = cw.admin(
+        "POST", "/adapt", content=text, headers={"Content-Type": "text/caddyfile"}
+    ).json()["result"]
     (server,) = adapted["apps"]["http"]["servers"].values()
     (route,) = server["routes"]
     assert set(route["match"][0]["host"]) == set(a.hosts.values())
@@ -506,7 +487,8 @@ def test_snippet_claiming_another_instances_address_is_refused(settings, make):
 def test_admin_over_a_unix_socket(tmp_path, monkeypatch):
     root = tmp_path / "uroot"
     root.mkdir()
-    world = CaddyWorld(root, unix_socket=True)
+    # No server in the Caddyfile: the adapter creates it, over the socket.
+    world = CaddyProcess(root, tmp_path / "caddy-run", unix_socket=True, with_server=False)
     world.start()
     inst = None
     try:
@@ -527,7 +509,7 @@ def test_admin_over_a_unix_socket(tmp_path, monkeypatch):
         remove_instance(settings, "sock")
         assert served_by(world, f"sock.{DOMAIN}") is None
     finally:
-        world.close()
+        world.stop()
         if inst:
             inst.close()
 
@@ -546,8 +528,7 @@ def test_requests_per_host(cw, settings, make):
     assert counts[f"busy.{DOMAIN}"] == 5
     assert counts[f"busy-studio.{DOMAIN}"] == 1
     assert counts.get(f"idle.{DOMAIN}", 0) == 0
-    with admin_client(cw.admin_url) as client:
-        assert client.delete("/config/apps/http/metrics").status_code == 200
+    assert cw.admin("DELETE", "/config/apps/http/metrics").status_code == 200
     assert requests_per_host(settings) is None
     assert status(settings, {})["metrics_per_host"] is False
 
@@ -618,9 +599,8 @@ def test_sync_does_what_it_can_and_then_reports_a_foreign_route(cw, settings, ma
         "match": [{"host": [f"other.{DOMAIN}"]}],
         "handle": [{"handler": "static_response", "body": "manual"}],
     }
-    with admin_client(cw.admin_url) as client:
-        response = client.post(f"/config/apps/http/servers/{server}/routes", json=route)
-        assert response.status_code == 200, response.text
+    response = cw.admin("POST", f"/config/apps/http/servers/{server}/routes", json=route)
+    assert response.status_code == 200, response.text
     with pytest.raises(OperationError, match=r"not routed.*manual"):
         sync(settings, {"mine": mine.spec, "other": other.spec})
     assert served_by(cw, f"mine.{DOMAIN}") == ("mine", "api")

@@ -81,6 +81,25 @@ class World:
             args += ["--overlay", overlay]
         return self.run(*args, *extra)
 
+    def create_at_once(self, names: list[str], version: str, *extra: str) -> list[tuple[int, str]]:
+        """Start one `create` process per name at the same moment; (exit status, stderr) each."""
+        overlay = str(self.standin(version))
+        procs = [
+            subprocess.Popen(
+                [*CLI, "create", name, "--template", version, "--extra-compose", overlay, *extra],
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for name in names
+        ]
+        results = []
+        for proc in procs:
+            _, err = proc.communicate(timeout=300)
+            results.append((proc.returncode, err))
+        return results
+
     def state(self) -> dict:
         return json.loads((self.root / "state.json").read_text())
 
@@ -209,29 +228,8 @@ def test_killed_create_is_marked_incomplete_then_finished_or_cleaned(world, dock
 
 def test_concurrent_creates_get_disjoint_ports(world):
     world.import_template("v0.8.2")
-    overlay = str(world.standin("v0.8.2"))
-    procs = [
-        subprocess.Popen(
-            [
-                *CLI,
-                "create",
-                f"c{i}",
-                "--template",
-                "v0.8.2",
-                "--no-start",
-                "--extra-compose",
-                overlay,
-            ],
-            env=world.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(6)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
+    for status, err in world.create_at_once([f"c{i}" for i in range(6)], "v0.8.2", "--no-start"):
+        assert status == 0, err
     instances = world.state()["instances"]
     assert sorted(instances) == [f"c{i}" for i in range(6)]
     ports = [p for record in instances.values() for p in record["ports"].values()]

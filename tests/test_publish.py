@@ -5,12 +5,11 @@ be pulled here; Caddy, Docker and compose are the real programs.
 """
 
 import json
-import subprocess
 
 import httpx
 import pytest
 
-from tests.test_lifecycle import CLI, World
+from tests.test_lifecycle import World
 
 pytestmark = pytest.mark.docker
 
@@ -86,29 +85,8 @@ def test_caddy_down_during_create_then_sync(world):
 
 
 def test_eight_concurrent_creates_lose_no_route(world):
-    overlay = str(world.standin("v0.8.2"))
-    procs = [
-        subprocess.Popen(
-            [
-                *CLI,
-                "create",
-                f"par{i}",
-                "--template",
-                "v0.8.2",
-                "--no-start",
-                "--extra-compose",
-                overlay,
-            ],
-            env=world.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(8)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, err
+    for status, err in world.create_at_once([f"par{i}" for i in range(8)], "v0.8.2", "--no-start"):
+        assert status == 0, err
         assert "pending" not in err
     ids = _live_ids(world)
     assert sorted(i for i in ids if i.startswith("sbm-par")) == [f"sbm-par{i}" for i in range(8)]

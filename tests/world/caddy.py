@@ -7,6 +7,11 @@ Caddy only creates an HTTP server for a listener that some site uses, so the Cad
 empty site block `:HTTP_PORT { }` (after the import). It adds no route: the server "supabase"
 exists with an empty route list from the start, routes added through the admin API are never
 shadowed by a catch-all, and a request no route matches gets Caddy's empty 200 answer.
+With ``with_server=False`` that block is left out: Caddy starts with no HTTP server at all (as a
+fresh Caddy does) until a snippet or an admin API client creates one.
+
+With ``unix_socket=True`` the admin API listens on ``workdir/admin.sock`` (mode 0600) instead of
+a TCP port; admin_url is then ``unix/<path>``, the form Caddy and the manager's settings use.
 """
 
 from __future__ import annotations
@@ -41,18 +46,28 @@ def caddy_binary() -> Path:
 class CaddyProcess:
     """A Caddy process with its admin API and one plain-HTTP listener on 127.0.0.1.
 
-    Attributes: admin_url ("http://127.0.0.1:N"), admin_port, http_port, caddyfile (Path),
+    Attributes: admin_url ("http://127.0.0.1:N", or "unix/<path>" with unix_socket), admin_port
+    (None with unix_socket), admin_socket (Path or None), http_port, caddyfile (Path),
     snippet_dir (data_root/"caddy"), workdir (Caddy's XDG dirs and log), log_file.
     """
 
-    def __init__(self, data_root: Path, workdir: Path) -> None:
+    def __init__(
+        self,
+        data_root: Path,
+        workdir: Path,
+        *,
+        unix_socket: bool = False,
+        with_server: bool = True,
+    ) -> None:
         self.data_root = Path(data_root)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.snippet_dir = self.data_root / "caddy"
-        self.admin_port = free_port()
+        self.with_server = with_server
+        self.admin_socket: Path | None = self.workdir / "admin.sock" if unix_socket else None
+        self.admin_port: int | None = None if unix_socket else free_port()
         self.http_port = free_port()
-        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
+        self.admin_url = self.admin_address if unix_socket else f"http://{self.admin_address}"
         self.caddyfile = self.workdir / "Caddyfile"
         self.log_file = self.workdir / "caddy.log"
         self.binary = caddy_binary()
@@ -60,20 +75,32 @@ class CaddyProcess:
         self.write_caddyfile()
 
     # -- configuration ---------------------------------------------------------------------
+    @property
+    def admin_address(self) -> str:
+        """The admin listen address as Caddy takes it (`admin` option, `--address`)."""
+        if self.admin_socket is not None:
+            return f"unix/{self.admin_socket}"
+        return f"127.0.0.1:{self.admin_port}"
+
     def caddyfile_text(self) -> str:
-        return (
+        admin = self.admin_address + ("|0600" if self.admin_socket is not None else "")
+        text = (
             "{\n"
-            f"\tadmin 127.0.0.1:{self.admin_port}\n"
+            f"\tadmin {admin}\n"
             "\tauto_https off\n"
             "\tmetrics {\n\t\tper_host\n\t}\n"
             "\tgrace_period 2s\n"
             "\tdefault_bind 127.0.0.1\n"
             f"\tservers 127.0.0.1:{self.http_port} {{\n\t\tname {SERVER_NAME}\n\t}}\n"
             "}\n\n"
-            f"import {self.snippet_dir}/*.conf\n\n"
-            "# Empty site: makes Caddy create the server above; adds no route.\n"
-            f":{self.http_port} {{\n}}\n"
+            f"import {self.snippet_dir}/*.conf\n"
         )
+        if self.with_server:
+            text += (
+                "\n# Empty site: makes Caddy create the server above; adds no route.\n"
+                f":{self.http_port} {{\n}}\n"
+            )
+        return text
 
     def write_caddyfile(self) -> Path:
         self.caddyfile.write_text(self.caddyfile_text())
@@ -101,7 +128,8 @@ class CaddyProcess:
         return self._proc.pid if self.running and self._proc else None
 
     def start(self, timeout: float = 15.0) -> None:
-        """Start Caddy from the Caddyfile and wait until admin API and listener answer."""
+        """Start Caddy from the Caddyfile and wait until admin API and listener answer (the
+        listener only with_server: without it there is none yet)."""
         if self.running:
             return
         with self.log_file.open("ab") as log:
@@ -125,11 +153,13 @@ class CaddyProcess:
         def ready() -> bool:
             if self._proc is not None and self._proc.poll() is not None:
                 raise RuntimeError(f"caddy exited with {self._proc.returncode}")
-            httpx.get(f"{self.admin_url}/config/", timeout=1.0).raise_for_status()
-            return port_open(self.http_port)
+            self.admin("GET", "/config/", timeout=1.0).raise_for_status()
+            return port_open(self.http_port) if self.with_server else True
 
         try:
-            wait_until(ready, timeout, f"caddy on admin :{self.admin_port}, http :{self.http_port}")
+            wait_until(
+                ready, timeout, f"caddy on admin {self.admin_address}, http :{self.http_port}"
+            )
         except (TimeoutError, RuntimeError) as exc:
             self.stop()
             raise RuntimeError(f"caddy did not start: {exc}\n{self.log_tail()}") from exc
@@ -162,7 +192,7 @@ class CaddyProcess:
                 "--adapter",
                 "caddyfile",
                 "--address",
-                f"127.0.0.1:{self.admin_port}",
+                self.admin_address,
             ],
             env=self._env(),
             capture_output=True,
@@ -197,7 +227,11 @@ class CaddyProcess:
     def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """A request to the admin API, e.g. admin("GET", "/config/")."""
         kwargs.setdefault("timeout", 10.0)
-        return httpx.request(method, f"{self.admin_url}{path}", **kwargs)
+        if self.admin_socket is None:
+            return httpx.request(method, f"{self.admin_url}{path}", **kwargs)
+        transport = httpx.HTTPTransport(uds=str(self.admin_socket))
+        with httpx.Client(transport=transport) as client:
+            return client.request(method, f"http://localhost{path}", **kwargs)
 
     def config(self) -> Any:
         """The running JSON config."""
