@@ -23,13 +23,10 @@ from controller import audit
 from controller.config import Settings
 from controller.errors import CaddyUnavailable, ManagerError, OperationError, UsageError
 from controller.names import validate_name
-from controller.state import CREATING, READY, InstanceRecord, State, StateStore
+from controller.state import READY, InstanceRecord, State, StateStore
+from controller.status import connection_strings, folder_size, instance_status, job_done
 from controller.views import (
     INCOMPLETE,
-    MISSING,
-    PARTIAL,
-    RUNNING,
-    STOPPED,
     ContainerView,
     EnvChange,
     InstanceDetail,
@@ -49,36 +46,6 @@ WAIT_TIMEOUT = float(os.environ.get("SUPABASE_MANAGER_WAIT_TIMEOUT", "300"))
 
 def _quiet(_: str) -> None:
     pass
-
-
-def _instance_status(
-    record: InstanceRecord, containers: list, jobs: set[str] = frozenset()
-) -> tuple[str, int, int]:
-    running = sum(1 for c in containers if c.state == "running")
-    done = sum(1 for c in containers if _job_done(c, jobs))
-    if record.phase == CREATING:
-        return INCOMPLETE, running, len(containers)
-    if not containers:
-        return MISSING, 0, 0
-    if running == 0:
-        return STOPPED, 0, len(containers)
-    if running + done == len(containers):
-        return RUNNING, running, len(containers)
-    return PARTIAL, running, len(containers)
-
-
-def _job_done(container, jobs: set[str]) -> bool:
-    """A one-shot job that exited 0 has done its work; any other exited container is down."""
-    return container.service in jobs and container.state == "exited" and container.exit_code == 0
-
-
-def _folder_size(path: Path) -> int:
-    total = 0
-    for folder, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(folder, name)).st_blocks * 512
-    return total
 
 
 class Manager:
@@ -328,7 +295,7 @@ class Manager:
                 c
                 for c in containers
                 if not (c.state == "running" and c.health in (None, "healthy"))
-                and not _job_done(c, jobs)
+                and not job_done(c, jobs)
             ]
             if containers and not waiting:
                 progress(f"{name}: all {len(containers)} services are up")
@@ -445,15 +412,18 @@ class Manager:
         for name, record in sorted(state.instances.items()):
             containers = grouped.get(name, [])
             key = (record.template, tuple(record.overlays))
-            if key not in jobs:
+            # Which services are one-shot jobs matters only once something exited 0, and
+            # reading the template costs more than the whole Docker query: only then.
+            exited_ok = any(c.state == "exited" and c.exit_code == 0 for c in containers)
+            if key not in jobs and exited_ok:
                 jobs[key] = self._jobs(record)
-            status, running_count, total = _instance_status(record, containers, jobs[key])
+            status, running_count, total = instance_status(record, containers, jobs.get(key, set()))
             cpu = mem = disk = None
             if resources:
                 samples = [usage[c.id] for c in containers if c.id in usage]
                 cpu = round(sum(s.cpu_percent for s in samples), 2) if samples else None
                 mem = sum(s.memory_bytes for s in samples) if samples else None
-                disk = _folder_size(self.settings.instance_dir(name))
+                disk = folder_size(self.settings.instance_dir(name))
             summaries.append(
                 InstanceSummary(
                     name=name,
@@ -475,7 +445,7 @@ class Manager:
 
         record = self._record(name)
         containers = self._docker().containers(name)
-        status, _, _ = _instance_status(record, containers, self._jobs(record))
+        status, _, _ = instance_status(record, containers, self._jobs(record))
         env = self._env(name)
         files = self._template(record.template)
         hosts = self.settings.hosts(name)
@@ -508,36 +478,16 @@ class Manager:
                 ContainerView(c.service, c.name, c.state, c.health)
                 for c in sorted(containers, key=lambda c: c.service)
             ],
-            connections=self._connections(record, files, env, shown),
+            connections=connection_strings(
+                record,
+                files.role("db", record.overlays),
+                files.role("pooler", record.overlays),
+                env.as_dict(),
+                shown,
+            ),
             keys=keys,
             requests=requests,
         )
-
-    def _connections(self, record, files, env, password: str) -> dict[str, str]:
-        db_name = env.get("POSTGRES_DB") or "postgres"
-        db_port = env.get("POSTGRES_PORT") or "5432"
-        connections = {}
-        db = files.role("db", record.overlays)
-        db_published = [k for k in record.ports if db and k.startswith(f"{db}:")]
-        if db_published:
-            port = record.ports[db_published[0]]
-            connections["direct"] = f"postgres://postgres:{password}@127.0.0.1:{port}/{db_name}"
-        elif db:
-            connections["direct"] = (
-                f"postgres://postgres:{password}@{record.name}-{db}:{db_port}/{db_name}"
-                " (inside the instance network)"
-            )
-        pooler = files.role("pooler", record.overlays)
-        tenant = env.get("POOLER_TENANT_ID") or record.name
-        for key, port in sorted(record.ports.items()):
-            if not pooler or not key.startswith(f"{pooler}:"):
-                continue
-            inner = key.split(":", 1)[1]
-            mode = "pooler (transaction)" if inner == "6543" else "pooler (session)"
-            connections[mode] = (
-                f"postgres://postgres.{tenant}:{password}@127.0.0.1:{port}/{db_name}"
-            )
-        return connections
 
     def logs(
         self,
@@ -721,29 +671,10 @@ class Manager:
 
     # --- caddy --------------------------------------------------------------------------------
     def _site_spec(self, name: str, record: InstanceRecord):
-        from controller.caddy import SiteSpec, studio_password_hash
-        from controller.render import role_port_key
+        from controller.sites import site_spec
 
-        files = self._template(record.template)
-        env = self._env(name)
-
-        def upstream(role: str) -> str | None:
-            key = role_port_key(files, record.overlays, role)
-            return f"127.0.0.1:{record.ports[key]}" if key in record.ports else None
-
-        hosts = self.settings.hosts(name)
-        mail = upstream("mail") if "mail" in record.overlays else None
-        if not mail:
-            hosts.pop("mail")
-        cache = self.settings.instance_dir(name) / ".studio-auth"
-        return SiteSpec(
-            name=name,
-            hosts=hosts,
-            api_upstream=upstream("gateway") or "",
-            studio_upstream=upstream("studio") or upstream("gateway") or "",
-            studio_user=env.get("DASHBOARD_USERNAME") or "supabase",
-            studio_password_hash=studio_password_hash(cache, env.get("DASHBOARD_PASSWORD") or ""),
-            mail_upstream=mail,
+        return site_spec(
+            self.settings, record, self._template(record.template), self._env(name).as_dict()
         )
 
     def _publish(self, name: str, record: InstanceRecord) -> list[str]:
@@ -765,7 +696,10 @@ class Manager:
         try:
             remove_instance(self.settings, name)
         except CaddyUnavailable as exc:
-            return [f"Caddy still routes {name} ({exc}); run `caddy sync` when it is back"]
+            return [
+                f"Caddy's live route for {name} could not be removed ({exc}); "
+                "run `caddy sync` later"
+            ]
         return []
 
     def _specs(self) -> dict:
@@ -817,7 +751,7 @@ class Manager:
                 continue
             jobs = self._jobs(record)
             for c in grouped.get(name, []):
-                if c.state != "running" and not _job_done(c, jobs):
+                if c.state != "running" and not job_done(c, jobs):
                     problems.append(f"{name}: service {c.service} is {c.state}")
                 elif c.health == "unhealthy":
                     problems.append(f"{name}: service {c.service} is unhealthy")

@@ -67,7 +67,8 @@ class Reset:
     value: object = None
 
 
-class _Loader(yaml.SafeLoader):
+# libyaml's parser, where PyYAML was built with it, reads a compose file about ten times faster.
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
     pass
 
 
