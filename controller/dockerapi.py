@@ -75,15 +75,8 @@ class DockerAPI:
 
     def containers(self, instance: str | None = None) -> list[ContainerState]:
         """Every container of every instance (or of one), from a single listing."""
-        from docker.errors import DockerException
-        from requests.exceptions import RequestException
-
         label = INSTANCE_LABEL if instance is None else f"{INSTANCE_LABEL}={instance}"
-        try:
-            rows = self._api.containers(all=True, filters={"label": label})
-        except (DockerException, RequestException) as exc:
-            raise DockerUnavailable(f"cannot reach the Docker daemon: {_reason(exc)}") from None
-        return [_container_state(row) for row in rows]
+        return [_container_state(row) for row in self._list({"label": label})]
 
     def by_instance(self) -> dict[str, list[ContainerState]]:
         grouped: dict[str, list[ContainerState]] = defaultdict(list)
@@ -91,9 +84,61 @@ class DockerAPI:
             grouped[container.instance].append(container)
         return grouped
 
-    def usage(self, container_ids: Iterable[str]) -> dict[str, Usage]:
-        """CPU percent and memory per running container, from two concurrent one-shot samples."""
-        ids = list(container_ids)
+    def usage(self, container_ids: Iterable[str], direct: bool = True) -> dict[str, Usage]:
+        """CPU percent and memory per running container.
+
+        With a local daemon the figures come from the containers' cgroup files (a fraction of a
+        second for all of them, see controller/cgroups.py); a container whose cgroup cannot be
+        found or read, a remote daemon, or ``direct=False`` falls back to the engine's stats.
+        """
+        from controller import cgroups
+
+        ids = list(dict.fromkeys(container_ids))
+        if not ids:
+            return {}
+        reader = cgroups.Cgroups()
+        if not (direct and self._daemon_is_local() and reader.available()):
+            return self._sampled_usage(ids)
+        located = {cid: files for cid in ids if (files := reader.locate(cid))}
+        unknown = [cid for cid in ids if cid not in located]
+        if unknown:  # an unusual cgroup layout: ask where the main process lives
+            with concurrent.futures.ThreadPoolExecutor(min(MAX_PARALLEL, len(unknown))) as pool:
+                pids = dict(zip(unknown, pool.map(self._pid, unknown), strict=True))
+            for cid, pid in pids.items():
+                if pid and (files := reader.locate(cid, pid)):
+                    located[cid] = files
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            missing = [cid for cid in ids if cid not in located]
+            fallback = pool.submit(self._sampled_usage, missing) if missing else None
+            readings = reader.sample(located)
+            usage = {cid: Usage(r.cpu_percent, r.memory_bytes) for cid, r in readings.items()}
+            unread = [cid for cid in located if cid not in readings]
+            if unread:
+                usage.update(self._sampled_usage(unread))
+            if fallback is not None:
+                usage.update(fallback.result())
+        return {cid: usage[cid] for cid in ids if cid in usage}
+
+    def _daemon_is_local(self) -> bool:
+        """A daemon on this host's unix socket or loopback (not ssh://, not another host)."""
+        from urllib.parse import urlsplit
+
+        url = urlsplit(self._api.base_url)
+        if url.scheme == "http+docker":
+            return url.hostname == "localhost"  # unix socket; ssh:// shows as http+docker://ssh
+        return url.hostname in ("localhost", "127.0.0.1", "::1")
+
+    def _pid(self, container_id: str) -> int | None:
+        from docker.errors import DockerException
+        from requests.exceptions import RequestException
+
+        try:
+            return (self._api.inspect_container(container_id).get("State") or {}).get("Pid")
+        except (DockerException, RequestException):
+            return None
+
+    def _sampled_usage(self, ids: list[str]) -> dict[str, Usage]:
+        """Figures from the engine: two concurrent one-shot stats calls per container."""
         if not ids:
             return {}
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(ids))) as pool:
@@ -116,28 +161,53 @@ class DockerAPI:
         except (DockerException, RequestException):
             return None  # the container went away between listing and sampling
 
+    def foreign_containers(self, project: str) -> list[str]:
+        """Containers of compose project ``project`` that are not an instance's: another stack
+        on this host already uses the name."""
+        rows = self._list({"label": f"com.docker.compose.project={project}"})
+        return [
+            (row.get("Names") or ["?"])[0].lstrip("/")
+            for row in rows
+            if INSTANCE_LABEL not in (row.get("Labels") or {})
+        ]
+
+    def _list(self, filters: dict) -> list[dict]:
+        from docker.errors import DockerException
+        from requests.exceptions import RequestException
+
+        try:
+            return self._api.containers(all=True, filters=filters)
+        except (DockerException, RequestException) as exc:
+            raise DockerUnavailable(f"cannot reach the Docker daemon: {_reason(exc)}") from None
+
     def remove_instance_leftovers(self, instance: str, volumes: bool) -> None:
-        """Remove containers, the network and (optionally) volumes labelled for ``instance``.
+        """Remove the instance's containers, its network and (optionally) its volumes.
 
         Compose's own `down` does this for the files it knows; this catches what a crashed create
-        or a changed file left behind.
+        or a changed file left behind. Containers are chosen by the instance label; networks and
+        volumes by project label and the project's name prefix, so another compose project is
+        never touched.
         """
         from docker.errors import DockerException, NotFound
+        from requests.exceptions import RequestException
 
         project_filter = {"label": f"com.docker.compose.project={instance}"}
+        own_name = f"{instance}_"
         try:
-            for row in self._api.containers(all=True, filters=project_filter):
+            for row in self._list({"label": f"{INSTANCE_LABEL}={instance}"}):
                 with contextlib.suppress(NotFound):
                     self._api.remove_container(row["Id"], force=True, v=volumes)
             for net in self._api.networks(filters=project_filter):
-                with contextlib.suppress(NotFound):
-                    self._api.remove_network(net["Id"])
+                if net["Name"].startswith(own_name):
+                    with contextlib.suppress(NotFound):
+                        self._api.remove_network(net["Id"])
             if volumes:
                 listing = self._api.volumes(filters=project_filter) or {}
                 for vol in listing.get("Volumes") or []:
-                    with contextlib.suppress(NotFound):
-                        self._api.remove_volume(vol["Name"], force=True)
-        except DockerException as exc:
+                    if vol["Name"].startswith(own_name):
+                        with contextlib.suppress(NotFound):
+                            self._api.remove_volume(vol["Name"], force=True)
+        except (DockerException, RequestException) as exc:
             message = f"cannot clean up {instance} in Docker: {_reason(exc)}"
             raise DockerUnavailable(message) from None
 

@@ -40,17 +40,18 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, shared: bool = False) -> Iterator[None]:
+def file_lock(path: Path, shared: bool = False, wait: bool = True) -> Iterator[None]:
     """Hold an flock on ``path`` (created if missing) for the duration of the block.
 
     flock is released by the kernel when the process dies, so a killed command never leaves a
-    stale lock behind.
+    stale lock behind. With ``wait=False`` a lock held elsewhere raises BlockingIOError at once.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        flags = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        fcntl.flock(fd, flags if wait else flags | fcntl.LOCK_NB)
         yield
     finally:
         os.close(fd)

@@ -44,8 +44,21 @@ UNSAFE_KEYS = frozenset({"POSTGRES_PASSWORD"})
 WAIT_TIMEOUT = float(os.environ.get("SUPABASE_MANAGER_WAIT_TIMEOUT", "300"))
 
 
+# Keys an instance cannot run without, even where an empty value would pass validation.
+REQUIRED_KEYS = frozenset({"DASHBOARD_USERNAME", "DASHBOARD_PASSWORD", "POSTGRES_DB"})
+
+
 def _quiet(_: str) -> None:
     pass
+
+
+def _check_key(key: str) -> None:
+    """A KEY argument must be a variable name; anything else is refused without echoing it, as
+    it may be a mistyped KEY=secret."""
+    from controller.envfile import KEY_RE
+
+    if not KEY_RE.match(key):
+        raise UsageError("invalid variable name: use letters, digits and '_' (e.g. SITE_URL)")
 
 
 class Manager:
@@ -69,7 +82,23 @@ class Manager:
         except KeyboardInterrupt:
             self._audit(command, instance, "interrupted")
             raise
+        except Exception as exc:
+            self._audit(command, instance, "failed", type(exc).__name__)
+            raise
         self._audit(command, instance, "ok")
+
+    @contextlib.contextmanager
+    def _busy(self, name: str) -> Iterator[None]:
+        """One command at a time per instance, across processes: a second one fails at once."""
+        from controller.fsutil import file_lock
+
+        try:
+            with file_lock(self.settings.root / "locks" / f"{name}.lock", wait=False):
+                yield
+        except BlockingIOError:
+            raise OperationError(
+                f"{name} is busy: another supabase-manager command is working on it"
+            ) from None
 
     def _record(self, name: str, state: State | None = None) -> InstanceRecord:
         validate_name(name)
@@ -207,33 +236,69 @@ class Manager:
     def _create(
         self, name, template, overlays, extra_compose, ports, cpus, memory, start, progress
     ) -> list[str]:
-        from controller.ports import allocate
-        from controller.render import check_cpus, check_memory, needed_ports, render_instance
+        from controller.render import check_cpus, check_memory, read_extra_compose
 
         cpus, memory = check_cpus(cpus), check_memory(memory)
         extra = [Path(p).absolute() for p in extra_compose or []]
         for path in extra:
             if not path.is_file():
                 raise UsageError(f"extra compose file {path} does not exist")
+        read_extra_compose(extra)  # unreadable or not YAML: refused before anything is written
         if start:
             self._docker()  # Docker down: fail now, before anything is written.
             from controller.compose import check_cli
 
             check_cli()
+        # Refuse bad input against a snapshot first, so that nothing at all is written for it;
+        # the transaction below checks again under the lock.
+        self._check_new(name, template, overlays, self.store.read())
+
+        with self._busy(name):
+            return self._create_locked(
+                name, template, overlays, extra, ports, cpus, memory, start, progress
+            )
+
+    def _check_new(self, name: str, template: str | None, overlays, state: State):
+        """For a name not yet in state: its template files and overlays, or UsageError."""
+        existing = state.instances.get(name)
+        if existing and existing.phase == READY:
+            raise UsageError(f"instance {name!r} already exists")
+        if existing:
+            return None, []
+        self._check_hosts_free(name, state)
+        files = self._template(template or self._default_template(state))
+        overlays = list(dict.fromkeys(overlays or []))
+        files.compose_paths(overlays)  # unknown overlay: UsageError naming the known ones
+        return files, overlays
+
+    def _create_locked(
+        self, name, template, overlays, extra, ports, cpus, memory, start, progress
+    ) -> list[str]:
+        from controller.ports import allocate
+        from controller.render import needed_ports, render_instance
 
         with self.store.transaction() as state:
             existing = state.instances.get(name)
-            if existing and existing.phase == READY:
-                raise UsageError(f"instance {name!r} already exists")
+            files, overlays_checked = self._check_new(name, template, overlays, state)
             if existing:
+                asked = {
+                    "--template": template and template != existing.template,
+                    "--overlay": overlays and list(overlays) != existing.overlays,
+                    "--extra-compose": extra and [str(p) for p in extra] != existing.extra_compose,
+                    "--port": bool(ports),
+                    "--cpus": cpus is not None and cpus != existing.cpus,
+                    "--memory": memory is not None and memory != existing.memory,
+                }
+                different = [option for option, differs in asked.items() if differs]
+                if different:
+                    raise UsageError(
+                        f"{name} is half-created with other options ({', '.join(different)}): "
+                        f"run `create {name}` alone to finish it, or `delete {name}`"
+                    )
                 progress(f"finishing the interrupted create of {name}")
                 record = existing
             else:
-                self._check_hosts_free(name, state)
-                template = template or self._default_template(state)
-                files = self._template(template)
-                overlays = list(dict.fromkeys(overlays or []))
-                files.compose_paths(overlays)  # unknown overlay: UsageError, nothing written
+                overlays = overlays_checked
                 allocated = allocate(
                     needed_ports(files, overlays),
                     ports or {},
@@ -242,7 +307,7 @@ class Manager:
                 )
                 record = InstanceRecord(
                     name=name,
-                    template=template,
+                    template=files.path.name,
                     overlays=overlays,
                     extra_compose=[str(p) for p in extra],
                     ports=allocated,
@@ -263,8 +328,9 @@ class Manager:
             self._compose(name).up()
             self._wait_healthy(name, progress)
         with self.store.transaction() as state:
-            if name in state.instances:
-                state.instances[name].phase = READY
+            if name not in state.instances:
+                raise OperationError(f"{name} was deleted while it was being created")
+            state.instances[name].phase = READY
         return warnings
 
     def _check_hosts_free(self, name: str, state: State) -> None:
@@ -319,7 +385,7 @@ class Manager:
     def start(self, name: str, services: list[str] | None = None, progress: Progress = _quiet):
         record = self._record(name)
         services = self._services(name, services)
-        with self._audited("start " + " ".join(services or []), name):
+        with self._audited("start " + " ".join(services or []), name), self._busy(name):
             self._require_ready(record)
             self._docker()
             self._compose(name).up(services)
@@ -345,7 +411,7 @@ class Manager:
     def stop(self, name: str, services: list[str] | None = None, progress: Progress = _quiet):
         record = self._record(name)
         services = self._services(name, services)
-        with self._audited("stop " + " ".join(services or []), name):
+        with self._audited("stop " + " ".join(services or []), name), self._busy(name):
             self._require_ready(record)
             self._docker()
             progress(f"stopping {name}")
@@ -356,7 +422,7 @@ class Manager:
     def restart(self, name: str, services: list[str] | None = None, progress: Progress = _quiet):
         record = self._record(name)
         services = self._services(name, services)
-        with self._audited("restart " + " ".join(services or []), name):
+        with self._audited("restart " + " ".join(services or []), name), self._busy(name):
             self._require_ready(record)
             self._docker()
             progress(f"restarting {name}")
@@ -381,7 +447,7 @@ class Manager:
     def delete(self, name: str, purge: bool = False, progress: Progress = _quiet) -> list[str]:
         self._record(name)
         warnings: list[str] = []
-        with self._audited("delete" + (" --purge" if purge else ""), name):
+        with self._audited("delete" + (" --purge" if purge else ""), name), self._busy(name):
             api = self._docker()
             directory = self.settings.instance_dir(name)
             progress(f"removing the containers of {name}")
@@ -392,7 +458,10 @@ class Manager:
             warnings += self._unpublish(name)
             if purge:
                 progress(f"removing {directory}")
-                shutil.rmtree(directory, ignore_errors=True)
+                failed: list[str] = []
+                shutil.rmtree(directory, onerror=lambda _f, path, _e: failed.append(path))
+                if failed:
+                    warnings.append(f"{failed[0]} could not be removed; remove it by hand")
             with self.store.transaction() as state:
                 state.instances.pop(name, None)
         return warnings
@@ -577,14 +646,18 @@ class Manager:
 
     def env_get(self, name: str, key: str) -> str:
         self._record(name)
+        _check_key(key)
         value = self._env(name).get(key)
         if value is None:
             raise OperationError(f"{name} has no variable {key}")
         return value
 
     def _check_change(self, key: str, value: str | None) -> None:
+        """Refuse a change to ``key`` (``value`` None: removing it) that would break the
+        instance; raised before anything is written or audited."""
         from controller.envfile import validate
 
+        _check_key(key)
         if key in MANAGED_KEYS:
             raise UsageError(f"{key} is managed by supabase-manager and cannot be changed")
         if key in UNSAFE_KEYS:
@@ -596,6 +669,8 @@ class Manager:
             problem = validate(key, value)
             if problem:
                 raise UsageError(f"invalid value for {key}: {problem}")
+        elif key in REQUIRED_KEYS or validate(key, ""):
+            raise UsageError(f"{key} cannot be removed: the instance needs it")
 
     def env_set(self, name: str, assignments: dict[str, str]) -> EnvChange:
         record = self._record(name)
@@ -603,7 +678,7 @@ class Manager:
             raise UsageError("nothing to set: give KEY=VALUE")
         for key, value in assignments.items():
             self._check_change(key, value)
-        with self._audited("env set " + " ".join(sorted(assignments)), name):
+        with self._audited("env set " + " ".join(sorted(assignments)), name), self._busy(name):
             env = self._env(name)
             for key, value in assignments.items():
                 env.set(key, value)
@@ -612,7 +687,7 @@ class Manager:
     def env_unset(self, name: str, key: str) -> EnvChange:
         record = self._record(name)
         self._check_change(key, None)
-        with self._audited(f"env unset {key}", name):
+        with self._audited(f"env unset {key}", name), self._busy(name):
             env = self._env(name)
             if env.get(key) is None:
                 raise OperationError(f"{name} has no variable {key}")
@@ -626,7 +701,7 @@ class Manager:
 
     def env_check(self, name: str, text: str) -> list[str]:
         """Problems with an edited .env text (empty list: fine)."""
-        from controller.envfile import EnvFile, check_text
+        from controller.envfile import EnvFile, check_text, validate
 
         problems = list(check_text(text))
         if problems:
@@ -639,6 +714,8 @@ class Manager:
                 problems.append(f"{key} is managed by supabase-manager and cannot be changed")
             elif key in UNSAFE_KEYS:
                 problems.append(f"{key} cannot be changed in .env alone (it lives in the database)")
+            elif after.get(key) is None and (key in REQUIRED_KEYS or validate(key, "")):
+                problems.append(f"{key} cannot be removed: the instance needs it")
         return problems
 
     def env_replace(self, name: str, text: str) -> EnvChange:
@@ -653,21 +730,26 @@ class Manager:
         changed = sorted(
             k for k in set(before.keys()) | set(after.keys()) if before.get(k) != after.get(k)
         )
-        with self._audited("env edit " + " ".join(changed), name):
+        with self._audited("env edit " + " ".join(changed), name), self._busy(name):
             return self._write_env(record, after, changed)
 
     def _write_env(self, record: InstanceRecord, env, changed: list[str]) -> EnvChange:
         from controller.envfile import services_using
         from controller.fsutil import atomic_write
         from controller.render import compose_files
+        from controller.sites import site_spec
 
         directory = self.settings.instance_dir(record.name)
+        spec = None
+        if any(key.startswith("DASHBOARD_") for key in changed):
+            # Studio's Caddy route carries these credentials: work it out before writing, so a
+            # failure leaves .env as it was.
+            files = self._template(record.template)
+            spec = site_spec(self.settings, record, files, env.as_dict())
         atomic_write(directory / ".env", env.render(), mode=0o600)
         services = services_using(changed, compose_files(directory)) if changed else []
-        if any(key.startswith("DASHBOARD_") for key in changed):
-            # Studio's Caddy route carries these credentials.
-            self._publish(record.name, record)
-        return EnvChange(changed=changed, services=services)
+        warnings = self._publish(record.name, record, spec) if spec else []
+        return EnvChange(changed=changed, services=services, warnings=warnings)
 
     # --- caddy --------------------------------------------------------------------------------
     def _site_spec(self, name: str, record: InstanceRecord):
@@ -677,11 +759,11 @@ class Manager:
             self.settings, record, self._template(record.template), self._env(name).as_dict()
         )
 
-    def _publish(self, name: str, record: InstanceRecord) -> list[str]:
+    def _publish(self, name: str, record: InstanceRecord, spec=None) -> list[str]:
         """Write the snippet and push the live route; Caddy down only postpones the live part."""
         from controller.caddy import apply_instance, write_snippet
 
-        spec = self._site_spec(name, record)
+        spec = spec or self._site_spec(name, record)
         write_snippet(self.settings, spec)
         try:
             apply_instance(self.settings, spec)
@@ -702,12 +784,16 @@ class Manager:
             ]
         return []
 
-    def _specs(self) -> dict:
-        specs = {}
+    def _specs(self) -> tuple[dict, dict[str, str]]:
+        """Every instance's SiteSpec, and why some could not be worked out (their routes and
+        snippets are then left alone, never mistaken for leftovers)."""
+        specs, failures = {}, {}
         for name, record in self.store.read().instances.items():
-            with contextlib.suppress(ManagerError):
+            try:
                 specs[name] = self._site_spec(name, record)
-        return specs
+            except ManagerError as exc:
+                failures[name] = str(exc)
+        return specs, failures
 
     def caddy_sync(self, name: str | None = None) -> list[str]:
         from controller.caddy import sync
@@ -715,12 +801,24 @@ class Manager:
         if name is not None:
             self._record(name)
         with self._audited("caddy sync", name):
-            return sync(self.settings, self._specs(), only=name)
+            specs, failures = self._specs()
+            lines = sync(self.settings, specs, only=name, keep=failures)
+            skipped = {n: why for n, why in failures.items() if name in (None, n)}
+            if skipped:
+                first = sorted(skipped)[0]
+                raise OperationError(
+                    f"left {len(skipped)} instance(s) as they were, e.g. {first}: "
+                    f"{skipped[first]} (done: {'; '.join(lines)})"
+                )
+            return lines
 
     def caddy_status(self) -> dict:
         from controller.caddy import status
 
-        return status(self.settings, self._specs())
+        specs, failures = self._specs()
+        result = status(self.settings, specs, keep=failures)
+        result["skipped"] = failures
+        return result
 
     def requests_per_host(self, name: str | None = None) -> dict[str, float] | None:
         from controller.caddy import requests_per_host

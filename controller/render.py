@@ -529,7 +529,8 @@ def _copy_template(source: Path, target: Path, replaced: Mapping[str, bytes]) ->
             _write_if_changed(target / rel, data, mode)
 
 
-def _read_extras(sources: Sequence[Path]) -> list[tuple[bytes, object]]:
+def read_extra_compose(sources: Sequence[Path]) -> list[tuple[bytes, object]]:
+    """Each extra compose file's bytes and parsed YAML; UsageError (one line) when one is bad."""
     out = []
     for source in sources:
         try:
@@ -541,7 +542,8 @@ def _read_extras(sources: Sequence[Path]) -> list[tuple[bytes, object]]:
         try:
             doc = load_yaml(data.decode())
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise UsageError(f"extra compose file {source} is not valid YAML: {exc}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"extra compose file {source} is not valid YAML: {first}") from None
         if not isinstance(doc, dict):
             raise UsageError(f"extra compose file {source} is not a compose file")
         out.append((data, doc))
@@ -574,7 +576,7 @@ def render_instance(
     missing = [key for key in needed_ports(template, overlays) if key not in record.ports]
     if missing:
         raise OperationError(f"no host port allocated for {', '.join(missing)}")
-    extras = _read_extras(extra_compose_sources)
+    extras = read_extra_compose(extra_compose_sources)
 
     ensure_dir(settings.instances_dir, 0o755)
     folder = ensure_dir(settings.instance_dir(name), 0o700)

@@ -4,6 +4,7 @@ from collections.abc import Mapping
 
 from controller.caddy import SiteSpec, studio_password_hash
 from controller.config import Settings
+from controller.errors import OperationError
 from controller.render import role_port_key
 from controller.state import InstanceRecord
 from controller.templatefiles import MAIL_OVERLAY, TemplateFiles
@@ -19,6 +20,10 @@ def site_spec(
         key = role_port_key(files, record.overlays, role)
         return f"127.0.0.1:{record.ports[key]}" if key in record.ports else None
 
+    password = env.get("DASHBOARD_PASSWORD") or ""
+    if not password:
+        # An empty password would leave Studio open to anyone who knows the host name.
+        raise OperationError(f"{record.name} has no DASHBOARD_PASSWORD: Studio is not published")
     hosts = settings.hosts(record.name)
     mail = upstream("mail") if MAIL_OVERLAY in record.overlays else None
     if not mail:
@@ -32,6 +37,6 @@ def site_spec(
         api_upstream=upstream("gateway") or "",
         studio_upstream=upstream("studio") or upstream("gateway") or "",
         studio_user=env.get("DASHBOARD_USERNAME") or "supabase",
-        studio_password_hash=studio_password_hash(cache, env.get("DASHBOARD_PASSWORD") or ""),
+        studio_password_hash=studio_password_hash(cache, password),
         mail_upstream=mail,
     )

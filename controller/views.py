@@ -65,6 +65,7 @@ class EnvChange:
 
     changed: list[str]
     services: list[str]
+    warnings: list[str] = attrs.field(factory=list)
 
 
 def mask(value: str) -> str:

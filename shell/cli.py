@@ -85,7 +85,8 @@ def _run(options: dict, words: list[str]) -> int:
         from shell.batch import run_script
 
         try:
-            handle = open(options["file"], encoding="utf-8")  # noqa: SIM115
+            # Undecodable bytes are kept (and then fail that line), never a traceback.
+            handle = open(options["file"], encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
         except OSError as exc:
             sys.stderr.write(f"{PROG}: cannot read {options['file']}: {exc.strerror}\n")
             return 2

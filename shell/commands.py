@@ -12,10 +12,9 @@ pay for prompt_toolkit, the Docker SDK or httpx.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
-from controller.errors import ManagerError, OperationError, UsageError
+from controller.errors import ManagerError, UsageError
 from shell.context import ARGV, BATCH, REPL, Context
 from shell.parse import Command, Opt, ParseError, pattern
 
@@ -33,19 +32,15 @@ def _port_assignment(text: str) -> tuple[str, int]:
 
 
 def _cpus(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1024:
-        raise ValueError(text)
-    return value
+    from controller.render import check_cpus
 
-
-_MEMORY = re.compile(r"^\d+[bkmgBKMG]?[bB]?$")
+    return check_cpus(text)
 
 
 def _memory(text: str) -> str:
-    if not _MEMORY.match(text):
-        raise UsageError(f"expected a size like 512m or 2g, got {text!r}")
-    return text
+    from controller.render import check_memory
+
+    return check_memory(text)
 
 
 def _count(text: str) -> int:
@@ -82,6 +77,7 @@ def _offer_restart(ctx: Context, name: str, change) -> None:
     """After an env change: name the services that must restart and offer to restart them."""
     from shell.parse import quote
 
+    _warnings(ctx, change.warnings)
     if ctx.json:
         from shell import output
 
@@ -279,33 +275,8 @@ def _lifecycle(verb: str) -> Callable[[Context, dict], None]:
 
 def _start_all(ctx: Context, v: dict) -> None:
     """Start every instance marked to start (the boot-time unit runs this)."""
-    m = ctx.manager
-    if hasattr(m, "start_all"):
-        result = m.start_all(progress=ctx.progress)
-        _emit(ctx, result, lambda: "\n".join(f"started {n}" for n in (result or [])))
-        return
-    from controller.state import READY, StateStore
-
-    settings = ctx.settings
-    records = StateStore(settings.state_path, settings.lock_path).read().instances
-    names = [n for n, r in sorted(records.items()) if r.autostart and r.phase == READY]
-    started, failed = [], []
-    for name in names:
-        try:
-            m.start(name, progress=ctx.progress)
-        except ManagerError as exc:
-            ctx.warn(f"supabase-manager: {name}: {exc}")
-            failed.append(name)
-        else:
-            started.append(name)
-            if not ctx.json:
-                ctx.print(f"started {name}")
-    if ctx.json:
-        from shell import output
-
-        ctx.print(output.dumps({"started": started, "failed": failed}))
-    if failed:
-        raise OperationError(f"{len(failed)} of {len(names)} instances did not start")
+    started = ctx.manager.start_all(progress=ctx.progress)
+    _emit(ctx, started, lambda: "\n".join(f"started {n}" for n in started) or "nothing to start")
 
 
 def _delete(ctx: Context, v: dict) -> int | None:
@@ -445,15 +416,10 @@ def _top(ctx: Context, v: dict) -> None:
 
 def _check(ctx: Context, v: dict) -> int:
     """Health check for monitoring and boot: one line per problem, exit 1 when there is any."""
-    m = ctx.manager
-    method = getattr(m, "check", None)
-    if method is not None:
-        try:
-            problems = list(method())
-        except ManagerError as exc:
-            problems = [str(exc)]
-    else:
-        problems = _check_here(ctx)
+    try:
+        problems = ctx.manager.check()
+    except ManagerError as exc:
+        problems = [str(exc)]
     if ctx.json:
         from shell import output
 
@@ -464,31 +430,6 @@ def _check(ctx: Context, v: dict) -> int:
         if not problems:
             ctx.print("ok")
     return 1 if problems else 0
-
-
-def _check_here(ctx: Context) -> list[str]:
-    """What `check` looks at when the Manager has no check() of its own."""
-    problems: list[str] = []
-    m = ctx.manager
-    health = m.health()
-    for part in ("docker", "caddy"):
-        if part in health and not health[part]:
-            problems.append(f"{part}: not answering")
-    if not health.get("docker", True):
-        return problems
-    from controller.state import StateStore
-
-    try:
-        records = StateStore(ctx.settings.state_path, ctx.settings.lock_path).read().instances
-        for row in m.list(resources=False):
-            record = records.get(row.name)
-            if row.status == "incomplete":
-                problems.append(f"{row.name}: create did not finish")
-            elif record is not None and record.autostart and row.status != "running":
-                problems.append(f"{row.name}: {row.status}, should be running")
-    except ManagerError as exc:
-        problems.append(str(exc))
-    return problems
 
 
 # --- the shell itself ----------------------------------------------------------------------------

@@ -52,10 +52,11 @@ def redact(line: str) -> str:
     except ValueError:
         words = None
     if words is not None:
-        if len(words) < 3 or words[0] != "env" or "set" not in words[2:3]:
+        # Options may stand anywhere (`env --json shop set K=V`): look at every word.
+        if not words or words[0] != "env" or "set" not in words:
             return line
-        out = words[:3]
-        for word in words[3:]:
+        out = []
+        for word in words:
             key, eq, _ = word.partition("=")
             out.append(f"{key}=" if eq and is_secret(key) else word)
         return " ".join(shlex.quote(w) if not w.endswith("=") else _quote_key(w) for w in out)

@@ -55,7 +55,8 @@ def execute(ctx: Context, tokens: list[str], where: str = "") -> int:
     except (KeyboardInterrupt, EOFError):
         raise
     except Exception as exc:  # a bug: say so in one line, the traceback only when asked
-        ctx.warn(f"{prefix}internal error in {command.name}: {type(exc).__name__}: {exc}")
+        first = (str(exc).strip().splitlines() or [""])[0]
+        ctx.warn(f"{prefix}internal error in {command.name}: {type(exc).__name__}: {first}")
         if os.environ.get("SUPABASE_MANAGER_DEBUG"):
             traceback.print_exc()
         return EXIT_FAILED

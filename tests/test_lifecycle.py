@@ -360,3 +360,54 @@ def test_missing_compose_plugin_is_one_line(world, tmp_path):
     assert proc.returncode == 1
     assert "compose" in proc.stderr and len(proc.stderr.splitlines()) == 1
     assert not (world.root / "instances" / "plugless").exists()
+
+
+def test_env_refuses_what_would_break_or_leak(world):
+    world.import_template("v0.8.2")
+    world.create("guard", "v0.8.2", "--no-start")
+    env_file = world.root / "instances" / "guard" / ".env"
+    audit_file = world.root / "audit.log"
+    env_before, audit_before = env_file.read_text(), audit_file.read_text()
+    secret = "x" * 40
+    for args in (
+        ["env", "guard", "unset", "DASHBOARD_PASSWORD"],  # would open Studio to anyone
+        ["env", "guard", "unset", "JWT_SECRET"],
+        ["env", "guard", "unset", f"JWT_SECRET={secret}"],  # a slip: KEY=value given to unset
+        ["env", "guard", "get", f"JWT_SECRET={secret}"],
+        ["env", "guard", "set", "COMPOSE_PROJECT_NAME=other"],
+        ["env", "guard", "set", "SITE_URL=line\nbreak"],
+    ):
+        proc = world.run(*args, check=False)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert secret not in proc.stderr
+    assert env_file.read_text() == env_before
+    assert audit_file.read_text() == audit_before
+
+
+def test_bad_extra_compose_file_writes_nothing(world, tmp_path):
+    world.import_template("v0.8.2")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("services:\n  x: [unclosed\n")
+    proc = world.run("create", "broken", "--no-start", "--extra-compose", str(bad), check=False)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "broken" not in world.state()["instances"]
+    assert not (world.root / "instances" / "broken").exists()
+
+
+def test_one_command_at_a_time_per_instance(world):
+    import fcntl
+
+    world.import_template("v0.8.2")
+    world.create("solo", "v0.8.2", "--no-start")
+    lock = world.root / "locks" / "solo.lock"
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # as another running command would
+        for args in (
+            ["start", "solo"],
+            ["env", "solo", "set", "JWT_EXPIRY=60"],
+            ["delete", "solo"],
+        ):
+            proc = world.run(*args, "--yes" if args[0] == "delete" else "--json", check=False)
+            assert proc.returncode == 1 and "busy" in proc.stderr, (args, proc.stderr)
+    assert "solo" in world.state()["instances"]
+    world.run("env", "solo", "set", "JWT_EXPIRY=60")  # free again

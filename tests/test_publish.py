@@ -94,3 +94,19 @@ def test_eight_concurrent_creates_lose_no_route(world):
         f"par{i}.conf" for i in range(8)
     ]
     assert json.loads(world.run("--json", "caddy", "status").stdout)["extra"] == []
+
+
+def test_sync_leaves_an_instance_it_cannot_work_out_alone(world):
+    world.create("kept", "v0.8.2", "--no-start")
+    snippet = world.root / "caddy" / "kept.conf"
+    text = snippet.read_text()
+    template = world.root / "templates" / "v0.8.2"
+    template.rename(template.with_name("moved-away"))
+    try:
+        proc = world.run("caddy", "sync", check=False)
+        assert proc.returncode == 1 and "kept" in proc.stderr
+        assert snippet.read_text() == text
+        assert "sbm-kept" in _live_ids(world)
+    finally:
+        template.with_name("moved-away").rename(template)
+    world.run("caddy", "sync")

@@ -123,7 +123,7 @@ def test_env_forms_and_start_all_dispatch_to_their_own_commands():
         ("logs a --tail", "option --tail needs a value"),
         ("logs a --tail many", "option --tail: invalid value 'many'"),
         ("create a --port kong", "expected SERVICE=PORT"),
-        ("create a --memory lots", "expected a size like 512m"),
+        ("create a --memory lots", "use a size like 512m"),
         ("template", "template: missing sub-command (one of: fetch, import, list)"),
         ("template nope", "unknown sub-command 'nope'"),
         ("env a frob", "env: unexpected argument 'frob'"),
@@ -306,6 +306,9 @@ def test_prompt_toolkit_completer_wraps_the_same_logic(root):
         ("show a --show-secrets", "show a --show-secrets"),
         ("list", "list"),
         ("env a get JWT_SECRET", "env a get JWT_SECRET"),
+        # options may stand anywhere on the line
+        ("env a --json set JWT_SECRET=abc", "env a --json set JWT_SECRET="),
+        ("env --json a set JWT_SECRET=abc", "env --json a set JWT_SECRET="),
     ],
 )
 def test_history_redaction(line, stored):

@@ -208,3 +208,11 @@ list --json --no-stats
     assert "https://batch-one.localhost" in text
     assert text.rstrip().endswith("[]")
     assert not (tmp_path / "instances" / "batch-one").exists()
+
+
+def test_script_file_that_is_not_utf8_fails_cleanly(tmp_path):
+    script = tmp_path / "latin1.sbm"
+    script.write_bytes(b"# caf\xe9\ntemplate list\naudit caf\xe9\n")
+    proc = sm(tmp_path, "-f", str(script))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "line 3" in proc.stderr

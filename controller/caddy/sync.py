@@ -8,7 +8,7 @@ then shows the change in place and nothing more is sent).
 """
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from controller.caddy import snippets
@@ -95,8 +95,16 @@ def _snippet_state(settings: Any, spec: SiteSpec) -> str:
     return "ok" if text == snippets.render_snippet(settings, spec) else "stale"
 
 
-def sync(settings: Any, specs: Mapping[str, SiteSpec], only: str | None = None) -> list[str]:
+def sync(
+    settings: Any,
+    specs: Mapping[str, SiteSpec],
+    only: str | None = None,
+    keep: Collection[str] = (),
+) -> list[str]:
     """Make snippets and live routes match ``specs`` (all of them, or just instance ``only``).
+
+    ``keep`` names instances that exist but whose spec could not be worked out: their snippets
+    and routes are left as they are, never taken for leftovers.
 
     Snippets first (they do not need Caddy); then one admin change that adds missing or stale
     routes, removes ``sbm-*`` routes of instances not in ``specs`` and strips id-less duplicates.
@@ -109,7 +117,7 @@ def sync(settings: Any, specs: Mapping[str, SiteSpec], only: str | None = None) 
     # Extra snippets first: an address they hold may be wanted by an instance below.
     dropped: list[str] = []
     for name in snippets.snippet_names(settings):
-        if name not in specs and (only is None or name == only):
+        if name not in specs and name not in keep and (only is None or name == only):
             snippets.remove_snippet(settings, name)
             dropped.append(name)  # its id-less live copy (from a reload) goes too
             lines.append(f"removed snippet {name}.conf (no such instance)")
@@ -133,7 +141,11 @@ def sync(settings: Any, specs: Mapping[str, SiteSpec], only: str | None = None) 
 
     def compute(apps: Any) -> Plan:
         live = instance_names(apps)
-        extra = [n for n in sorted(live) if n not in specs and (only is None or n == only)]
+        extra = [
+            n
+            for n in sorted(live)
+            if n not in specs and n not in keep and (only is None or n == only)
+        ]
         extra += [n for n in dropped if n not in live]
         todo = []
         refused.clear()
@@ -169,8 +181,9 @@ def reachable(settings: Any, timeout: float = 1.0) -> bool:
         return client.reachable()
 
 
-def status(settings: Any, specs: Mapping[str, SiteSpec]) -> dict:
-    """Drift between ``specs`` and Caddy (and the snippet files); never raises for Caddy down."""
+def status(settings: Any, specs: Mapping[str, SiteSpec], keep: Collection[str] = ()) -> dict:
+    """Drift between ``specs`` and Caddy (and the snippet files); never raises for Caddy down.
+    Instances in ``keep`` (spec unknown) are not reported as extra."""
     out: dict[str, Any] = {
         "reachable": False,
         "admin": settings.caddy_admin,
@@ -179,7 +192,9 @@ def status(settings: Any, specs: Mapping[str, SiteSpec]) -> dict:
         "instances": {},
         "extra": [],
         "snippets": {n: _snippet_state(settings, s) for n, s in sorted(specs.items())},
-        "extra_snippets": [n for n in snippets.snippet_names(settings) if n not in specs],
+        "extra_snippets": [
+            n for n in snippets.snippet_names(settings) if n not in specs and n not in keep
+        ],
     }
     try:
         with AdminClient(settings.caddy_admin) as client:
@@ -193,7 +208,7 @@ def status(settings: Any, specs: Mapping[str, SiteSpec]) -> dict:
     out["metrics_per_host"] = bool((http.get("metrics") or {}).get("per_host"))
     out["server"] = public_server(http.get("servers") or {}, settings.public_port)
     out["instances"] = {n: _live_state(apps, settings, s) for n, s in sorted(specs.items())}
-    out["extra"] = sorted(n for n in instance_names(apps) if n not in specs)
+    out["extra"] = sorted(n for n in instance_names(apps) if n not in specs and n not in keep)
     return out
 
 
