@@ -40,6 +40,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sbm-bench-") as tmp:
         root = Path(tmp) / "root"
         env = dict(os.environ)
+        # Bytecode caching on, as for any installed package (this machine's shells turn it off,
+        # which would add the compilation of every module to each run of the CLI).
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         env.update(
             SUPABASE_MANAGER_ROOT=str(root),
             SUPABASE_MANAGER_CADDY_ADMIN="http://127.0.0.1:9",  # no Caddy: routes stay pending

@@ -411,3 +411,47 @@ def test_one_command_at_a_time_per_instance(world):
             assert proc.returncode == 1 and "busy" in proc.stderr, (args, proc.stderr)
     assert "solo" in world.state()["instances"]
     world.run("env", "solo", "set", "JWT_EXPIRY=60")  # free again
+
+
+def test_a_service_that_never_gets_healthy_is_named(world, tmp_path):
+    world.import_template("v0.8.2")
+    sick = tmp_path / "sick-auth.yml"
+    sick.write_text(
+        "services:\n  auth:\n    healthcheck: !override\n"
+        '      test: ["CMD", "false"]\n      interval: 1s\n      retries: 1\n'
+    )
+    world.env["SUPABASE_MANAGER_WAIT_TIMEOUT"] = "20"
+    overlay = str(world.standin("v0.8.2"))
+    proc = world.run(
+        "create",
+        "sick",
+        "--template",
+        "v0.8.2",
+        "--extra-compose",
+        overlay,
+        "--extra-compose",
+        str(sick),
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "auth" in proc.stderr.splitlines()[-1] and "healthy" in proc.stderr
+    assert world.state()["instances"]["sick"]["phase"] == "creating"
+
+
+def test_logs_follow_streams_until_interrupted(world):
+    world.import_template("v0.8.2")
+    world.create("tail", "v0.8.2")
+    proc = subprocess.Popen(
+        [*CLI, "logs", "tail", "db", "--follow"],
+        env=world.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first = proc.stdout.readline()
+    assert "tail-db" in first
+    time.sleep(1)
+    assert proc.poll() is None  # still following
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130 and "Traceback" not in err

@@ -58,6 +58,10 @@ def test_instances_are_served_on_their_own_hosts(world):
     studio = _get(world, "red-studio.sbm.test", auth=(user, password))
     assert studio.status_code == 200 and "studio of red" in studio.text
 
+    # Caddy's per-host metrics count what just went through (the counters restart on each load).
+    requests = world.json("show", "red")["requests"]
+    assert requests.get("red.sbm.test", 0) >= 1 and requests.get("red-studio.sbm.test", 0) >= 4
+
     snippet = world.root / "caddy" / "red.conf"
     assert snippet.is_file() and oct(snippet.stat().st_mode & 0o777) == "0o640"
     assert password not in snippet.read_text()
