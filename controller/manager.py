@@ -44,6 +44,13 @@ UNSAFE_KEYS = frozenset({"POSTGRES_PASSWORD"})
 WAIT_TIMEOUT = float(os.environ.get("SUPABASE_MANAGER_WAIT_TIMEOUT", "300"))
 
 
+# The keys clients and servers use to call an instance's API (what `show` lists).
+API_KEYS = (
+    "ANON_KEY",
+    "SERVICE_ROLE_KEY",
+    "SUPABASE_PUBLISHABLE_KEY",
+    "SUPABASE_SECRET_KEY",
+)
 # Keys an instance cannot run without, even where an empty value would pass validation.
 REQUIRED_KEYS = frozenset({"DASHBOARD_USERNAME", "DASHBOARD_PASSWORD", "POSTGRES_DB"})
 
@@ -527,11 +534,10 @@ class Manager:
         password = env.get("POSTGRES_PASSWORD") or ""
         shown = password if show_secrets else "********"
         keys = {}
-        for key in env.keys():  # noqa: SIM118 (EnvFile is not a dict)
-            if key.endswith("_KEY") or key in ("ANON_KEY", "SERVICE_ROLE_KEY"):
-                value = env.get(key) or ""
-                if value:
-                    keys[key] = value if show_secrets or not is_secret(key) else mask(value)
+        for key in API_KEYS:
+            value = env.get(key) or ""
+            if value:
+                keys[key] = value if show_secrets or not is_secret(key) else mask(value)
         requests = None
         with contextlib.suppress(Exception):
             requests = self.requests_per_host(name)

@@ -76,7 +76,8 @@ def validate(settings: Any, text: str, notes: list[str] | None = None) -> bool:
             client.adapt(text)
     except CaddyUnavailable:
         note = "Caddy is not reachable: snippet written without validation by Caddy"
-        log.warning(note)
+        # The caller reports notes; logging them too would print them a second time.
+        log.debug(note)
         if notes is not None:
             notes.append(note)
         return False
