@@ -57,15 +57,14 @@ class Monitor:
             problem = None
         except Exception as exc:
             rows, problem = self.rows, _one_line(exc)
-        requests = None
-        method = getattr(self.manager, "requests_per_host", None)
-        self.metrics_known = method is not None
-        if method is not None:
-            try:
-                answer = method()
-                requests = dict(answer) if answer is not None else None
-            except Exception:
-                requests = None
+        # None: Caddy answers without per-host metrics, or does not answer at all.
+        try:
+            answer = self.manager.requests_per_host()
+            requests = dict(answer) if answer is not None else None
+            self.metrics_known = True
+        except Exception:
+            requests = None
+            self.metrics_known = False
         errors = self.errors
         if time.monotonic() - self._errors_at >= ERRORS_EVERY:
             self._errors_at = time.monotonic()
@@ -127,7 +126,11 @@ class Monitor:
                 out.append(("", f" {human_bytes(row.memory_bytes):>10}\n"))
             if self.requests is None and self.metrics_known and self.updated:
                 out.append(
-                    ("fg:ansibrightblack", "\n requests per host: Caddy's metrics do not answer\n")
+                    (
+                        "fg:ansibrightblack",
+                        "\n requests per host: Caddy has no per-host metrics "
+                        "(global option metrics { per_host })\n",
+                    )
                 )
             if self.requests is not None:
                 out.append(("bold", "\n Requests per second by host\n"))

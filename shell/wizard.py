@@ -14,36 +14,12 @@ from controller.errors import UsageError
 from shell.commands import _cpus, _memory, _port_assignment
 from shell.context import Context
 
-# Shown in the preview when the controller does not say which secrets it generates.
-_DEFAULT_SECRETS = (
-    "POSTGRES_PASSWORD",
-    "JWT_SECRET",
-    "ANON_KEY",
-    "SERVICE_ROLE_KEY",
-    "DASHBOARD_PASSWORD",
-    "SECRET_KEY_BASE",
-    "VAULT_ENC_KEY",
-    "PG_META_CRYPTO_KEY",
-    "LOGFLARE_PUBLIC_ACCESS_TOKEN",
-    "LOGFLARE_PRIVATE_ACCESS_TOKEN",
-)
-
 
 def generated_secrets() -> list[str]:
-    try:
-        from controller import secrets
-    except ImportError:
-        return list(_DEFAULT_SECRETS)
-    for attribute in ("GENERATED", "GENERATED_KEYS", "SECRET_KEYS", "generated_keys"):
-        value = getattr(secrets, attribute, None)
-        if callable(value):
-            try:
-                value = value()
-            except Exception:
-                value = None
-        if value:
-            return sorted(value)
-    return list(_DEFAULT_SECRETS)
+    """The variables `create` generates per instance (shown masked in the preview)."""
+    from controller.secrets import GENERATED
+
+    return sorted(GENERATED)
 
 
 def run_wizard(ctx: Context) -> dict[str, Any] | None:
