@@ -31,7 +31,7 @@
       nixosModules.default = self.nixosModules.supabase-manager;
 
       # What CI and a developer need to run the test suite: the program's dependencies, the test
-      # tools, the docker CLI with compose, Caddy and Nix itself (tests/test_nix.py).
+      # tools, the docker CLI with compose, Caddy, restic and Nix itself (tests/test_nix.py).
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {
           packages = [
@@ -49,18 +49,21 @@
                 cryptography
                 bcrypt
                 pyyaml
+                prometheus-client
                 # build and tests
                 hatchling
                 pytest
                 pytest-timeout
                 websockets
                 psycopg
+                moto
               ]
             ))
             pkgs.ruff
             pkgs.caddy
             pkgs.docker
             pkgs.docker-compose
+            pkgs.restic
             pkgs.nix
           ];
         };
@@ -94,7 +97,12 @@
         {
           package = self.packages.${system}.supabase-manager;
 
-          # The builtins-only harness CI runs with nix-instantiate: it throws on a broken module.
+          # The harnesses CI runs with nix-instantiate: the module through the real module system
+          # in every configuration of nix/tests/configurations.nix, and the package, flake and VM
+          # test against a builtins-only stand-in. Either throws on a broken file.
+          module = pkgs.writeText "supabase-manager-module-eval.json" (
+            builtins.toJSON (import ./nix/tests/module-eval.nix { inherit lib; })
+          );
           eval = pkgs.writeText "supabase-manager-eval.json" (
             builtins.toJSON (import ./nix/tests/eval.nix { })
           );

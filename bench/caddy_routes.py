@@ -5,6 +5,7 @@ ports), routes N instances, then compares, as medians over several runs:
 
 - floor: one raw admin request carrying the same route (POST .../routes), nothing else;
 - apply: ``apply_instance`` (GET /config/apps with ETag, plan, one If-Match write, under the flock);
+- publish: ``publish`` (the same plus the snippet, validated with /adapt), what `create` runs;
 - snippet+reload: ``write_snippet`` (validated with /adapt) plus ``caddy reload``.
 
 Target: apply within 1.5x the floor.
@@ -13,7 +14,6 @@ Target: apply within 1.5x the floor.
 """
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -27,29 +27,32 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from controller.caddy import (  # noqa: E402
+    CaddyConfig,
     SiteSpec,
     apply_instance,
+    publish,
     remove_instance,
     remove_snippet,
+    unpublish,
     write_snippet,
 )
 from controller.caddy.admin import AdminClient  # noqa: E402
-from controller.caddy.routes import BIND_ENV, plan, render_route  # noqa: E402
-from controller.config import Settings  # noqa: E402
+from controller.caddy.routes import plan, render_route  # noqa: E402
 from tests.world.caddy import CaddyProcess  # noqa: E402
 
 DOMAIN = "bench.test"
 HASH = bcrypt.hashpw(b"bench-password", bcrypt.gensalt(4)).decode()
+ROLES = {"api": "", "studio": "-studio", "mail": "-mail"}
 
 
-def spec_for(settings: Settings, name: str, port: int) -> SiteSpec:
+def spec_for(name: str, port: int) -> SiteSpec:
     return SiteSpec(
         name=name,
-        hosts=settings.hosts(name),
+        hosts={role: f"{name}{suffix}.{DOMAIN}" for role, suffix in ROLES.items()},
         api_upstream=f"127.0.0.1:{port}",
-        studio_upstream=f"127.0.0.1:{port + 1}",
-        studio_user="supabase",
-        studio_password_hash=HASH,
+        studio_upstream=f"127.0.0.1:{port}",
+        user="supabase",
+        password_hash=HASH,
         mail_upstream=f"127.0.0.1:{port + 2}",
     )
 
@@ -68,28 +71,30 @@ def bench(size: int, runs: int) -> dict[str, float]:
         world = CaddyProcess(root, Path(tmp) / "caddy", with_server=False)
         world.start()
         try:
-            settings = Settings(
-                root=root,
-                domain=DOMAIN,
+            settings = CaddyConfig(
+                admin=world.admin_url,
+                lock_path=root / ".caddy.lock",
+                snippet_dir=root / "caddy",
                 scheme="http",
                 public_port=world.http_port,
-                caddy_admin=world.admin_url,
+                owner="bench",
+                bind="127.0.0.1",  # the server the first plan creates binds loopback
             )
-            specs = [spec_for(settings, f"i{n}", 20000 + 3 * n) for n in range(size)]
+            specs = [spec_for(f"i{n}", 20000 + 3 * n) for n in range(size)]
             # Route the N instances in one change, and write their snippets.
-            with AdminClient(settings.caddy_admin) as client:
+            with AdminClient(settings.admin) as client:
                 apps, etag = client.get("/config/apps")
                 req = plan(apps, settings, apply=specs).request
                 client.request(req.method, req.path, body=req.body, etag=etag)
             for spec in specs:
-                write_snippet(settings, spec, validate_with_caddy=False)
+                write_snippet(settings, spec)  # no client: not validated
 
-            floor, apply, reload = [], [], []
+            floor, apply, published, reload = [], [], [], []
             raw = httpx.Client(base_url=world.admin_url, timeout=60)
             for k in range(runs):
                 # floor: one raw request with the same route, nothing read before it
-                spec = spec_for(settings, f"raw{k}", 40000 + 3 * k)
-                body = render_route(spec)
+                spec = spec_for(f"raw{k}", 40000 + 3 * k)
+                body = render_route(spec, settings)
                 floor.append(
                     timed(
                         lambda body=body: raw.post(
@@ -97,16 +102,21 @@ def bench(size: int, runs: int) -> dict[str, float]:
                         ).raise_for_status()
                     )
                 )
-                raw.delete(f"/id/sbm-raw{k}").raise_for_status()
+                raw.delete(f"/id/{settings.route_id(f'raw{k}')}").raise_for_status()
 
-                spec = spec_for(settings, f"new{k}", 50000 + 3 * k)
+                spec = spec_for(f"new{k}", 50000 + 3 * k)
                 apply.append(timed(lambda spec=spec: apply_instance(settings, spec)))
                 remove_instance(settings, spec.name)
+
+                spec = spec_for(f"pub{k}", 55000 + 3 * k)
+                published.append(timed(lambda spec=spec: publish(settings, spec)))
+                unpublish(settings, spec.name)
             for k in range(max(3, runs // 2)):
-                spec = spec_for(settings, f"file{k}", 60000 + 3 * k)
+                spec = spec_for(f"file{k}", 60000 + 3 * k)
 
                 def snippet_and_reload(spec=spec) -> None:
-                    write_snippet(settings, spec)
+                    with AdminClient(settings.admin) as client:
+                        write_snippet(settings, spec, client=client)
                     world.reload()
 
                 reload.append(timed(snippet_and_reload))
@@ -115,6 +125,7 @@ def bench(size: int, runs: int) -> dict[str, float]:
             return {
                 "floor": statistics.median(floor),
                 "apply": statistics.median(apply),
+                "publish": statistics.median(published),
                 "reload": statistics.median(reload),
             }
         finally:
@@ -126,18 +137,17 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100,500")
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
-    os.environ.setdefault(BIND_ENV, "127.0.0.1")  # a server the adapter creates binds loopback
     sizes = [int(s) for s in args.sizes.split(",")]
     print(
         f"{'N':>5} | {'floor ms':>9} | {'apply ms':>9} | {'apply/floor':>11} | "
-        f"{'snippet+reload ms':>17} | {'reload/floor':>12}"
+        f"{'publish ms':>10} | {'snippet+reload ms':>17} | {'reload/floor':>12}"
     )
-    print("-" * 80)
+    print("-" * 95)
     for size in sizes:
         r = bench(size, args.runs)
         print(
             f"{size:>5} | {r['floor']:>9.1f} | {r['apply']:>9.1f} | "
-            f"{r['apply'] / r['floor']:>10.2f}x | {r['reload']:>17.1f} | "
+            f"{r['apply'] / r['floor']:>10.2f}x | {r['publish']:>10.1f} | {r['reload']:>17.1f} | "
             f"{r['reload'] / r['floor']:>11.2f}x",
             flush=True,
         )

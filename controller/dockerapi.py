@@ -1,25 +1,30 @@
-"""The Docker Engine API, through the docker SDK: fast status of every instance and their stats.
+"""Instances as the Docker engine sees them: the status of every one, and their containers' usage.
 
 Status comes from one container listing for all instances (compose would cost one process per
-instance). CPU figures need two samples. The engine answers a one-shot stats call at its stats
-collector's next tick (about a second), whatever the number of callers waiting: so every container
-is sampled at once, twice, and the whole gathering costs about two ticks, not two per container.
+instance), made through the small Engine API client in controller/engine.py. CPU and memory come
+from the containers' cgroup files when the engine is on this host (controller/cgroups.py), else
+from the engine's stats: it answers a one-shot stats call at its stats collector's next tick
+(about a second), whatever the number of callers waiting, so every container is sampled at once,
+twice, and the whole gathering costs about two ticks, not two per container.
 """
 
-import concurrent.futures
-import contextlib
+from __future__ import annotations
+
 import re
 from collections import defaultdict
 from collections.abc import Iterable
 
 import attrs
 
+from controller.engine import Container, Engine, EngineAddress, EngineError, StatsSample
 from controller.errors import DockerUnavailable
+from controller.labels import INSTANCE_LABEL, ROOT_LABEL
 
-INSTANCE_LABEL = "io.supabase-manager.instance"
 SERVICE_LABEL = "com.docker.compose.service"
+PROJECT_LABEL = "com.docker.compose.project"
 _HEALTH = re.compile(r"\((healthy|unhealthy|health: starting)\)")
-# Concurrent stats calls (and connections in the client's pool) at the most.
+_EXITED = re.compile(r"Exited \((\d+)\)")
+# Concurrent stats calls at the most (each thread keeps its own connection to the engine).
 MAX_PARALLEL = 64
 
 
@@ -40,43 +45,35 @@ class Usage:
     memory_bytes: int
 
 
-def _client(timeout: float = 10):
-    import docker
-    from docker.errors import DockerException
-
-    try:
-        return docker.from_env(timeout=timeout, max_pool_size=MAX_PARALLEL)
-    except DockerException as exc:
-        raise DockerUnavailable(f"cannot reach the Docker daemon: {_reason(exc)}") from None
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc)
-    if "No such file" in text or "FileNotFoundError" in text or "Connection refused" in text:
-        return "is dockerd running?"
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
 class DockerAPI:
-    """A thin adapter over the docker SDK's low-level client."""
+    """Instance-level questions to one Docker engine (default: DOCKER_HOST, else the local
+    socket). With ``root`` (this ROOT's id, controller/ownership.py) only objects labelled with
+    it are listed or removed: another ROOT's, or a hand-run stack's, are never touched."""
 
-    def __init__(self, timeout: float = 10) -> None:
-        self._docker = _client(timeout)
-        self._api = self._docker.api
+    def __init__(
+        self, timeout: float = 10, engine: Engine | None = None, root: str | None = None
+    ) -> None:
+        if engine is None:
+            engine = Engine(EngineAddress.from_env(), timeout=timeout)
+        self.engine = engine
+        self.root = root
+
+    def _owned(self) -> list[str]:
+        return [f"{ROOT_LABEL}={self.root}"] if self.root is not None else []
+
+    def close(self) -> None:
+        self.engine.close()
 
     def ping(self) -> None:
-        from docker.errors import DockerException
-        from requests.exceptions import RequestException
-
         try:
-            self._api.ping()
-        except (DockerException, RequestException) as exc:
-            raise DockerUnavailable(f"cannot reach the Docker daemon: {_reason(exc)}") from None
+            self.engine.ping()
+        except EngineError as exc:
+            raise DockerUnavailable(f"the Docker daemon does not answer: {exc}") from None
 
     def containers(self, instance: str | None = None) -> list[ContainerState]:
         """Every container of every instance (or of one), from a single listing."""
         label = INSTANCE_LABEL if instance is None else f"{INSTANCE_LABEL}={instance}"
-        return [_container_state(row) for row in self._list({"label": label})]
+        return [_container_state(c) for c in self._list([label, *self._owned()])]
 
     def by_instance(self) -> dict[str, list[ContainerState]]:
         grouped: dict[str, list[ContainerState]] = defaultdict(list)
@@ -87,17 +84,20 @@ class DockerAPI:
     def usage(self, container_ids: Iterable[str], direct: bool = True) -> dict[str, Usage]:
         """CPU percent and memory per running container.
 
-        With a local daemon the figures come from the containers' cgroup files (a fraction of a
-        second for all of them, see controller/cgroups.py); a container whose cgroup cannot be
-        found or read, a remote daemon, or ``direct=False`` falls back to the engine's stats.
+        With the engine on this host the figures come from the containers' cgroup files (one
+        short sampling window for all of them, see controller/cgroups.py); a container whose
+        cgroup cannot be found or read, a remote engine, or ``direct=False`` falls back to the
+        engine's stats.
         """
-        from controller import cgroups
-
         ids = list(dict.fromkeys(container_ids))
         if not ids:
             return {}
+        import concurrent.futures
+
+        from controller import cgroups
+
         reader = cgroups.Cgroups()
-        if not (direct and self._daemon_is_local() and reader.available()):
+        if not (direct and self.engine.address.local and reader.available()):
             return self._sampled_usage(ids)
         located = {cid: files for cid in ids if (files := reader.locate(cid))}
         unknown = [cid for cid in ids if cid not in located]
@@ -119,66 +119,51 @@ class DockerAPI:
                 usage.update(fallback.result())
         return {cid: usage[cid] for cid in ids if cid in usage}
 
-    def _daemon_is_local(self) -> bool:
-        """A daemon on this host's unix socket or loopback (not ssh://, not another host)."""
-        from urllib.parse import urlsplit
-
-        url = urlsplit(self._api.base_url)
-        if url.scheme == "http+docker":
-            return url.hostname == "localhost"  # unix socket; ssh:// shows as http+docker://ssh
-        return url.hostname in ("localhost", "127.0.0.1", "::1")
-
     def _pid(self, container_id: str) -> int | None:
-        from docker.errors import DockerException
-        from requests.exceptions import RequestException
-
         try:
-            return (self._api.inspect_container(container_id).get("State") or {}).get("Pid")
-        except (DockerException, RequestException):
+            return self.engine.container_pid(container_id)
+        except EngineError:
             return None
 
     def _sampled_usage(self, ids: list[str]) -> dict[str, Usage]:
         """Figures from the engine: two concurrent one-shot stats calls per container."""
         if not ids:
             return {}
+        import concurrent.futures
+
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(ids))) as pool:
             first = dict(zip(ids, pool.map(self._sample, ids), strict=True))
             # No sleep: each call already waits for the collector's next tick.
             second = dict(zip(ids, pool.map(self._sample, ids), strict=True))
         usage = {}
         for cid in ids:
-            if first[cid] is None or second[cid] is None:
+            before, after = first[cid], second[cid]
+            if before is None or after is None:
                 continue
-            usage[cid] = Usage(_cpu_percent(first[cid], second[cid]), _memory(second[cid]))
+            usage[cid] = Usage(_cpu_percent(before, after), _memory(after))
         return usage
 
-    def _sample(self, container_id: str) -> dict | None:
-        from docker.errors import DockerException
-        from requests.exceptions import RequestException
-
+    def _sample(self, container_id: str) -> StatsSample | None:
         try:
-            return self._api.stats(container_id, stream=False, one_shot=True)
-        except (DockerException, RequestException):
+            return self.engine.stats(container_id)
+        except EngineError:
             return None  # the container went away between listing and sampling
 
     def foreign_containers(self, project: str) -> list[str]:
-        """Containers of compose project ``project`` that are not an instance's: another stack
-        on this host already uses the name."""
-        rows = self._list({"label": f"com.docker.compose.project={project}"})
+        """Containers of compose project ``project`` that are not an instance's of this ROOT
+        (of any ROOT without ``root``): another stack on the engine already uses the name."""
         return [
-            (row.get("Names") or ["?"])[0].lstrip("/")
-            for row in rows
-            if INSTANCE_LABEL not in (row.get("Labels") or {})
+            c.name or "?"
+            for c in self._list([f"{PROJECT_LABEL}={project}"])
+            if INSTANCE_LABEL not in c.labels
+            or (self.root is not None and c.labels.get(ROOT_LABEL) != self.root)
         ]
 
-    def _list(self, filters: dict) -> list[dict]:
-        from docker.errors import DockerException
-        from requests.exceptions import RequestException
-
+    def _list(self, labels: list[str]) -> list[Container]:
         try:
-            return self._api.containers(all=True, filters=filters)
-        except (DockerException, RequestException) as exc:
-            raise DockerUnavailable(f"cannot reach the Docker daemon: {_reason(exc)}") from None
+            return self.engine.containers(labels)
+        except EngineError as exc:
+            raise DockerUnavailable(f"cannot list containers: {exc}") from None
 
     def remove_instance_leftovers(self, instance: str, volumes: bool) -> None:
         """Remove the instance's containers, its network and (optionally) its volumes.
@@ -188,75 +173,48 @@ class DockerAPI:
         volumes by project label and the project's name prefix, so another compose project is
         never touched.
         """
-        from docker.errors import DockerException, NotFound
-        from requests.exceptions import RequestException
-
-        project_filter = {"label": f"com.docker.compose.project={instance}"}
+        project = [f"{PROJECT_LABEL}={instance}", *self._owned()]
         own_name = f"{instance}_"
+        engine = self.engine
         try:
-            for row in self._list({"label": f"{INSTANCE_LABEL}={instance}"}):
-                with contextlib.suppress(NotFound):
-                    self._api.remove_container(row["Id"], force=True, v=volumes)
-            for net in self._api.networks(filters=project_filter):
-                if net["Name"].startswith(own_name):
-                    with contextlib.suppress(NotFound):
-                        self._api.remove_network(net["Id"])
+            for container in self._list([f"{INSTANCE_LABEL}={instance}", *self._owned()]):
+                engine.remove_container(container.id, volumes=volumes)
+            for network in engine.networks(project):
+                if network.name.startswith(own_name):
+                    engine.remove_network(network.id)
             if volumes:
-                listing = self._api.volumes(filters=project_filter) or {}
-                for vol in listing.get("Volumes") or []:
-                    if vol["Name"].startswith(own_name):
-                        with contextlib.suppress(NotFound):
-                            self._api.remove_volume(vol["Name"], force=True)
-        except (DockerException, RequestException) as exc:
-            message = f"cannot clean up {instance} in Docker: {_reason(exc)}"
+                for volume in engine.volumes(project):
+                    if volume.name.startswith(own_name):
+                        engine.remove_volume(volume.name)
+        except EngineError as exc:
+            message = f"cannot clean up {instance} in Docker: {exc}"
             raise DockerUnavailable(message) from None
 
 
-def _container_state(row: dict) -> ContainerState:
-    labels = row.get("Labels") or {}
-    names = row.get("Names") or [""]
-    health_match = _HEALTH.search(row.get("Status") or "")
-    health = None
-    if health_match:
-        health = health_match.group(1).replace("health: ", "")
-    exit_code = None
-    exited = re.search(r"Exited \((\d+)\)", row.get("Status") or "")
-    if exited:
-        exit_code = int(exited.group(1))
+def _container_state(container: Container) -> ContainerState:
+    health_match = _HEALTH.search(container.status)
+    health = health_match.group(1).replace("health: ", "") if health_match else None
+    exited = _EXITED.search(container.status)
     return ContainerState(
-        id=row["Id"],
-        name=names[0].lstrip("/"),
-        instance=labels.get(INSTANCE_LABEL, ""),
-        service=labels.get(SERVICE_LABEL, ""),
-        state=row.get("State") or "unknown",
+        id=container.id,
+        name=container.name,
+        instance=container.labels.get(INSTANCE_LABEL, ""),
+        service=container.labels.get(SERVICE_LABEL, ""),
+        state=container.state,
         health=health,
-        exit_code=exit_code,
+        exit_code=int(exited.group(1)) if exited else None,
     )
 
 
-def _cpu_percent(first: dict, second: dict) -> float:
-    try:
-        cpu_delta = (
-            second["cpu_stats"]["cpu_usage"]["total_usage"]
-            - first["cpu_stats"]["cpu_usage"]["total_usage"]
-        )
-        system_delta = (
-            second["cpu_stats"]["system_cpu_usage"] - first["cpu_stats"]["system_cpu_usage"]
-        )
-        cpus = second["cpu_stats"].get("online_cpus") or len(
-            second["cpu_stats"]["cpu_usage"].get("percpu_usage") or [1]
-        )
-    except (KeyError, TypeError):
-        return 0.0
+def _cpu_percent(first: StatsSample, second: StatsSample) -> float:
+    """Like `docker stats`: the container's share of the host's CPU time, times the CPUs."""
+    cpu_delta = second.cpu_total_ns - first.cpu_total_ns
+    system_delta = second.system_cpu_ns - first.system_cpu_ns
     if system_delta <= 0 or cpu_delta < 0:
         return 0.0
-    return round(cpu_delta / system_delta * cpus * 100.0, 2)
+    return round(cpu_delta / system_delta * second.online_cpus * 100.0, 2)
 
 
-def _memory(sample: dict) -> int:
-    mem = sample.get("memory_stats") or {}
-    usage = mem.get("usage") or 0
-    stats = mem.get("stats") or {}
+def _memory(sample: StatsSample) -> int:
     # Like `docker stats`: page cache that the kernel can drop does not count.
-    cache = stats.get("inactive_file", stats.get("total_inactive_file", 0)) or 0
-    return max(0, usage - cache)
+    return max(0, sample.memory_usage - sample.inactive_file)

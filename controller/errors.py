@@ -17,8 +17,13 @@ class OperationError(ManagerError):
     """An outside system or the data on disk stopped the operation."""
 
 
-class StateError(OperationError):
-    """state.json is unreadable or corrupt; it is never overwritten in that case."""
+class StateError(ManagerError):
+    """state.json is corrupt or of another schema; it is never overwritten in that case.
+
+    Bad input like any other (exit 2): the file on disk is not one this program wrote.
+    """
+
+    exit_code = 2
 
 
 class DockerUnavailable(OperationError):

@@ -9,7 +9,6 @@ import contextlib
 import hashlib
 import re
 import urllib.parse
-from collections.abc import Iterator
 
 import attrs
 import httpx
@@ -214,8 +213,3 @@ class GitHubClient:
                 f"{label}: the downloaded bytes do not match its git hash {sha} (got {actual})"
             )
         return raw
-
-    def iter_blobs(self, entries: list[TreeEntry]) -> Iterator[tuple[TreeEntry, bytes]]:
-        for entry in entries:
-            if entry.type == "blob":
-                yield entry, self.blob(entry.sha, entry.path)

@@ -11,7 +11,11 @@ from collections.abc import Mapping, Sequence
 
 from controller.errors import UsageError
 
-_OPTION = re.compile(r"^(?P<service>[A-Za-z0-9][A-Za-z0-9_.-]*)(?::(?P<port>\d+))?=(?P<host>\d+)$")
+# ASCII only: in a str pattern \d would also take other scripts' digits, which int() reads.
+_OPTION = re.compile(
+    r"(?P<service>[A-Za-z0-9][A-Za-z0-9_.-]*)(?::(?P<port>[0-9]{1,5}))?=(?P<host>[0-9]{1,5})",
+    re.ASCII,
+)
 
 
 def host_port_free(port: int) -> bool:
@@ -30,26 +34,34 @@ def host_port_free(port: int) -> bool:
     return True
 
 
+def parse_port_option(value: str) -> tuple[str, int]:
+    """One ``--port SERVICE=PORT`` / ``SERVICE:CONTAINER_PORT=PORT`` value: (key, host port)."""
+    match = _OPTION.fullmatch(value.strip())
+    if not match:
+        raise UsageError(
+            f"invalid --port {value!r}: expected SERVICE=PORT or SERVICE:CONTAINER_PORT=PORT"
+        )
+    host = int(match["host"])
+    if not 1 <= host <= 65535:
+        raise UsageError(f"invalid --port {value!r}: {host} is not a port number 1-65535")
+    if match["port"] is not None and not 1 <= int(match["port"]) <= 65535:
+        raise UsageError(f"invalid --port {value!r}: {match['port']} is not a port number 1-65535")
+    key = match["service"] if match["port"] is None else f"{match['service']}:{match['port']}"
+    return key, host
+
+
 def requested_from_options(values: Sequence[str]) -> dict[str, int]:
-    """Parse ``--port SERVICE=PORT`` / ``--port SERVICE:CONTAINER_PORT=PORT`` values."""
+    """Parse every ``--port`` value; a service given twice is refused."""
     out: dict[str, int] = {}
     for value in values:
-        match = _OPTION.match(value.strip())
-        if not match:
-            raise UsageError(
-                f"invalid --port {value!r}: expected SERVICE=PORT or SERVICE:CONTAINER_PORT=PORT"
-            )
-        host = int(match["host"])
-        if not 1 <= host <= 65535:
-            raise UsageError(f"invalid --port {value!r}: {host} is not a port number 1-65535")
-        key = match["service"] if match["port"] is None else f"{match['service']}:{match['port']}"
+        key, host = parse_port_option(value)
         if key in out:
             raise UsageError(f"--port {key} is given twice")
         out[key] = host
     return out
 
 
-def _resolve(requested: Mapping[str, int], needed: Sequence[str]) -> dict[str, int]:
+def resolve(requested: Mapping[str, int], needed: Sequence[str]) -> dict[str, int]:
     """Requested ports keyed by full ``SERVICE:CONTAINER_PORT`` keys of ``needed``."""
     resolved: dict[str, int] = {}
     for key, port in requested.items():
@@ -83,16 +95,23 @@ def allocate(
 ) -> dict[str, int]:
     """Host ports for every key of ``needed``.
 
-    ``requested`` ports (keys may be a bare SERVICE, meaning its first port) must be held by no
-    other instance (``used``) and be free on the host. The others take the lowest ports of
-    ``port_range`` that no instance holds and nothing on the host binds right now.
+    ``requested`` ports (keys may be a bare SERVICE, meaning its first port) must lie in
+    ``port_range``, be held by no other instance (``used``) and be free on the host. The others
+    take the lowest ports of ``port_range`` that no instance holds and nothing on the host binds
+    right now.
     """
-    resolved = _resolve(requested, needed)
+    resolved = resolve(requested, needed)
     taken: set[int] = set()
     out: dict[str, int] = {}
+    low, high = port_range
     for key, port in resolved.items():
         if not 1 <= port <= 65535:
             raise UsageError(f"port {port} for {key} is not a port number 1-65535")
+        if not low <= port <= high:
+            raise UsageError(
+                f"port {port} for {key} is outside the port range {low}-{high} "
+                "([ports] range in the config)"
+            )
         if port in used:
             raise UsageError(f"port {port} for {key} is already held by another instance")
         if port in taken:
@@ -101,7 +120,6 @@ def allocate(
             raise UsageError(f"port {port} for {key} is in use on this host")
         taken.add(port)
         out[key] = port
-    low, high = port_range
     candidate = low
     for key in needed:
         if key in out:

@@ -1,9 +1,13 @@
-"""Per-instance secrets and API keys, which variables are secret, and the rules their values follow.
+"""Per-instance secrets and API keys, and the rules their values follow.
+
+Which variables count as secret is controller.envpolicy.is_secret.
 
 Every value is generated from the ``secrets`` module's CSPRNG and uses only letters and digits (or
 hex), so it survives unquoted in a .env file, in postgres:// URLs and in Kong's shell-expanded
 configuration. JWTs are made with PyJWT; the ES256 key pair with ``cryptography``.
 """
+
+from __future__ import annotations
 
 import base64
 import json
@@ -12,10 +16,13 @@ import secrets as _random
 import string
 import time
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
+# PyJWT and cryptography (~40 ms) are imported where they are used: a create starts hashing its
+# new dashboard password with only generate_secrets imported, and checks that need no JWT stay
+# light.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 FIVE_YEARS = int(5 * 365.25 * 24 * 3600)
 ISSUER = "supabase"
@@ -60,22 +67,6 @@ _SIMPLE = {
 }
 
 GENERATED = frozenset(_SIMPLE) | frozenset(LEGACY_KEYS) | frozenset(NEW_STYLE_KEYS)
-
-# Generated per instance but shown freely: the tenant id is part of every pooler user name.
-_NOT_SECRET = frozenset({"POOLER_TENANT_ID"})
-_SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "PRIVATE", "CREDENTIAL", "PASSPHRASE", "JWKS")
-_SECRET_SUFFIXES = ("_KEY", "_KEYS", "_PASS", "_PASSWD", "_PWD", "_KEY_ID", "_API_KEY")
-
-
-def is_secret(key: str) -> bool:
-    """Whether ``key``'s value must be masked in output and kept out of logs and the audit log."""
-    upper = key.upper()
-    if upper in _NOT_SECRET:
-        return False
-    if upper in GENERATED:
-        return True
-    return any(word in upper for word in _SECRET_WORDS) or upper.endswith(_SECRET_SUFFIXES)
-
 
 # --- constraints --------------------------------------------------------------------------------
 
@@ -168,6 +159,8 @@ def _b64url(data: bytes) -> str:
 
 
 def _legacy_jwt(role: str, secret: str, now: int) -> str:
+    import jwt
+
     payload = {"role": role, "iss": ISSUER, "iat": now, "exp": now + FIVE_YEARS}
     return jwt.encode(payload, secret, algorithm="HS256")
 
@@ -178,6 +171,10 @@ def _oct_jwk(secret: str) -> dict:
 
 def _ec_key_from(existing: Mapping[str, str]) -> tuple[ec.EllipticCurvePrivateKey, str] | None:
     """The EC private key and kid held in an existing JWT_KEYS, if any."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
     try:
         for jwk in json.loads(existing.get("JWT_KEYS") or "[]"):
             if isinstance(jwk, dict) and jwk.get("kty") == "EC" and "d" in jwk:
@@ -190,6 +187,10 @@ def _ec_key_from(existing: Mapping[str, str]) -> tuple[ec.EllipticCurvePrivateKe
 
 
 def _new_style(secret: str, now: int, existing: Mapping[str, str]) -> dict[str, str]:
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
     found = _ec_key_from(existing)
     if found and found[1]:
         private, kid = found
@@ -267,6 +268,9 @@ def generate_secrets(
 
 def verify_with_jwks(token: str, jwks: str, role: str | None = None) -> bool:
     """Whether ``token`` is an ES256 JWT signed by a key of the JWKS text ``jwks`` (and role)."""
+    import jwt
+    from jwt.algorithms import ECAlgorithm
+
     try:
         header = jwt.get_unverified_header(token)
         keys = json.loads(jwks)["keys"]

@@ -7,15 +7,20 @@ and is never overwritten.
 
 import contextlib
 import json
+import types
+import typing
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
-import cattrs
 
-from controller.errors import StateError
+from controller.errors import OperationError, StateError
 from controller.fsutil import atomic_write, ensure_dir, file_lock
+
+if TYPE_CHECKING:
+    import cattrs
 
 SCHEMA_VERSION = 1
 
@@ -50,6 +55,14 @@ class InstanceRecord:
     memory: str | None = None
     # Whether the instance should be running; boot-time reconcile starts those marked so.
     autostart: bool = True
+    # False while the instance was never started (created with --no-start): it has no Docker
+    # objects, so delete needs no Docker and its status is "stopped", not "missing". Records
+    # from before this field read as True, the safe side.
+    started: bool = True
+    # The last `upgrade`: the template it came from and the backup taken just before it, which
+    # `upgrade NAME --rollback` restores.
+    previous_template: str | None = None
+    upgrade_backup: str | None = None
 
 
 @attrs.define
@@ -67,7 +80,93 @@ class State:
         }
 
 
-converter = cattrs.Converter(forbid_extra_keys=False)
+_converter = None
+
+
+def __getattr__(name: str) -> object:
+    # `converter` is made on first use: importing cattrs and generating its structure code cost
+    # ~12 ms, which a read-only command (list, show, completion) need not pay, see _plain
+    if name == "converter":
+        return get_converter()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def get_converter() -> "cattrs.Converter":
+    """The one cattrs converter of the state format."""
+    global _converter
+    if _converter is None:
+        import cattrs
+
+        _converter = cattrs.Converter(forbid_extra_keys=False)
+    return _converter
+
+
+class _NotPlain(Exception):
+    """Data the fast path does not take as it is: cattrs decides (converts or refuses)."""
+
+
+def _plain(value: object, kind: object) -> object:
+    """``value`` structured as ``kind`` when it already has exactly the JSON types state.json
+    is written with, so the result is the one cattrs would build; anything else is _NotPlain."""
+    reader = _READERS.get(kind)
+    if reader is None:
+        reader = _READERS[kind] = _reader(kind)
+    return reader(value)
+
+
+_READERS: dict = {}
+
+
+def _reader(kind: object):  # -> Callable[[object], object], raising _NotPlain
+    """A function that reads one ``kind`` from plain JSON data, made once per type."""
+    if kind in (str, int, float, bool):
+
+        def scalar(value: object) -> object:
+            if type(value) is not kind:
+                raise _NotPlain
+            return value
+
+        return scalar
+    if isinstance(kind, type) and attrs.has(kind):
+        fields = [(f.name, f.type, f.default is attrs.NOTHING) for f in attrs.fields(kind)]
+
+        def record(value: object) -> object:
+            if type(value) is not dict:
+                raise _NotPlain
+            kwargs = {}
+            for name, field_kind, required in fields:
+                if name in value:
+                    kwargs[name] = _plain(value[name], field_kind)
+                elif required:
+                    raise _NotPlain
+            return kind(**kwargs)
+
+        return record
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is types.UnionType and len(args) == 2 and type(None) in args:
+        other = args[args[0] is type(None)]
+        return lambda value: None if value is None else _plain(value, other)
+    if origin is list and len(args) == 1:
+
+        def sequence(value: object) -> object:
+            if type(value) is not list:
+                raise _NotPlain
+            return [_plain(item, args[0]) for item in value]
+
+        return sequence
+    if origin is dict and len(args) == 2:
+
+        def mapping(value: object) -> object:
+            if type(value) is not dict:
+                raise _NotPlain
+            return {_plain(k, args[0]): _plain(v, args[1]) for k, v in value.items()}
+
+        return mapping
+
+    def other(value: object) -> object:
+        raise _NotPlain
+
+    return other
 
 
 def loads(text: str, path: Path) -> State:
@@ -76,6 +175,11 @@ def loads(text: str, path: Path) -> State:
     except json.JSONDecodeError as exc:
         raise StateError(
             f"state file {path} is corrupt (invalid JSON at line {exc.lineno}); "
+            "fix or move it away, it will not be overwritten"
+        ) from None
+    except RecursionError:
+        raise StateError(
+            f"state file {path} is corrupt (nested too deeply); "
             "fix or move it away, it will not be overwritten"
         ) from None
     if not isinstance(raw, dict) or "schema" not in raw:
@@ -89,8 +193,14 @@ def loads(text: str, path: Path) -> State:
             f"this program reads version {SCHEMA_VERSION}"
         )
     try:
-        return converter.structure(raw, State)
-    except (cattrs.errors.BaseValidationError, TypeError, ValueError):
+        return _plain(raw, State)
+    except _NotPlain:
+        pass
+    from cattrs.errors import BaseValidationError
+
+    try:
+        return get_converter().structure(raw, State)
+    except (BaseValidationError, TypeError, ValueError, RecursionError):
         raise StateError(
             f"state file {path} is corrupt (unexpected structure); "
             "fix or move it away, it will not be overwritten"
@@ -98,7 +208,7 @@ def loads(text: str, path: Path) -> State:
 
 
 def dumps(state: State) -> str:
-    return json.dumps(converter.unstructure(state), indent=2, sort_keys=True) + "\n"
+    return json.dumps(get_converter().unstructure(state), indent=2, sort_keys=True) + "\n"
 
 
 class StateStore:
@@ -111,11 +221,16 @@ class StateStore:
     def read(self) -> State:
         """The current state (a snapshot; use transaction() to change it)."""
         try:
-            text = self.path.read_text()
+            text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return State()
+        except UnicodeDecodeError:
+            raise StateError(
+                f"state file {self.path} is corrupt (not UTF-8 text); "
+                "fix or move it away, it will not be overwritten"
+            ) from None
         except OSError as exc:
-            raise StateError(f"state file {self.path} cannot be read: {exc.strerror}") from None
+            raise OperationError(f"state file {self.path} cannot be read: {exc.strerror}") from None
         return loads(text, self.path)
 
     @contextlib.contextmanager

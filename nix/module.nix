@@ -1,9 +1,9 @@
 # NixOS module: services.supabase-manager.
 #
 # Every value this module writes (config file contents, Caddy lines, folder modes, environment)
-# comes from ./lib.nix, which CI evaluates without nixpkgs; nix/tests/eval.nix also evaluates this
-# file's options and config against a small stand-in for nixpkgs' lib. The VM test is
-# nix/tests/vm.nix.
+# comes from ./lib.nix. tests/test_nix.py evaluates this file with nixpkgs' real module system
+# (nix/tests/module-eval.nix) in many configurations and has Caddy adapt every Caddyfile it
+# produces. The VM test is nix/tests/vm.nix.
 {
   config,
   lib,
@@ -13,6 +13,7 @@
 
 let
   cfg = config.services.supabase-manager;
+  caddyCfg = config.services.caddy;
   sm = import ./lib.nix;
 
   inherit (lib)
@@ -22,20 +23,100 @@ let
     mkMerge
     mkOption
     optional
+    optionalAttrs
     optionals
     types
     ;
 
+  # A path on this machine, given as a string: a Nix path literal would be copied into the
+  # world-readable store. Nothing that systemd unit files and tmpfiles.d would split or expand
+  # (spaces, quotes, backslashes, %).
+  hostPath =
+    types.addCheck (types.pathWith {
+      inStore = false;
+      absolute = true;
+    }) (path: builtins.match "[^[:space:]\"'\\%]+" path != null)
+    // {
+      description = "absolute path outside the Nix store, without spaces, quotes, backslashes or %";
+    };
+
   settingsFormat = pkgs.formats.toml { };
 
-  # The options' keys, then anything set through `settings` on top.
+  # The options' keys, then anything else set through `settings` (an assertion keeps `settings`
+  # off the keys the options own).
   configFile = settingsFormat.generate "supabase-manager.toml" (
     lib.recursiveUpdate (sm.settings cfg) cfg.settings
   );
 
-  exe = lib.getExe cfg.package;
+  root = toString cfg.dataDir;
 
-  environment = sm.environment cfg;
+  # The command on everyone's PATH and in the units: the program with the module's data folder,
+  # config file and registry logins as defaults. `sudo` and systemd start it with an environment
+  # of their own, so these cannot come from a login shell's variables. A variable already set
+  # (to something else than empty) wins, as does --root/--config.
+  command = pkgs.writeShellScriptBin "supabase-manager" ''
+    ${lib.concatStrings (
+      lib.mapAttrsToList (name: value: ''
+        if [ -z "''${${name}-}" ]; then export ${name}=${lib.escapeShellArg value}; fi
+      '') (sm.environment cfg)
+    )}
+    exec ${lib.getExe cfg.package} "$@"
+  '';
+  exe = lib.getExe command;
+
+  # A reload of Caddy reloads supabase-manager-sync (ReloadPropagatedFrom), which runs this. systemd
+  # never restarts a unit whose reload failed, so the retries with backoff happen here; the
+  # maintenance timer's `caddy sync` is the backstop when Caddy stays unreachable longer.
+  syncAfterReload = pkgs.writeShellScript "supabase-manager-sync-after-reload" ''
+    for delay in 0 2 5 10 20 30; do
+      ${pkgs.coreutils}/bin/sleep "$delay"
+      if ${exe} caddy sync; then
+        exit 0
+      fi
+    done
+    exit 1
+  '';
+
+  caddyPort = if cfg.scheme == "http" then caddyCfg.httpPort or 80 else caddyCfg.httpsPort or 443;
+  defaultPublicPort =
+    if cfg.caddy.enable && caddyPort != null then caddyPort else sm.defaultPublicPort cfg.scheme;
+  # Where ACME HTTP challenges and redirects to HTTPS arrive.
+  httpPort =
+    if cfg.caddy.enable && caddyCfg.httpPort or 80 != null then caddyCfg.httpPort or 80 else 80;
+
+  adminSocket = sm.adminSocketPath cfg.caddy.adminAddress;
+  adminSocketDir = dirOf adminSocket;
+  # A socket folder below /run becomes Caddy's RuntimeDirectory; elsewhere tmpfiles creates it.
+  adminSocketInRun = lib.hasPrefix "/run/" adminSocketDir;
+  sharedFolders = [
+    "/"
+    "/run"
+    "/var/run"
+    "/tmp"
+    "/var"
+    "/var/lib"
+    "/var/tmp"
+    "/etc"
+    "/srv"
+    "/home"
+    "/root"
+    "/nix"
+  ];
+
+  repositoryIsLocal = sm.localRepository cfg.backup.repository;
+  repositoryPath = sm.repositoryPath cfg.backup.repository;
+
+  metricsPort = sm.listenPort cfg.metrics.listenAddress;
+  metricsOnLoopback = sm.isLoopbackHost (sm.listenHost cfg.metrics.listenAddress);
+
+  # Lines of every piece of the global options block (the module's and the user's).
+  globalLines = lib.splitString "\n" caddyCfg.globalConfig;
+  publicServerBlocks = builtins.filter (
+    line: builtins.match "[[:space:]]*servers[[:space:]]+(tcp/)?:?${toString cfg.publicPort}[[:space:]]*[{].*" line != null
+  ) globalLines;
+  bareServerBlocks = builtins.filter (
+    line: builtins.match "[[:space:]]*servers[[:space:]]*[{].*" line != null
+  ) globalLines;
 
   # Unit hardening, as far as Docker access allows.
   #
@@ -47,42 +128,102 @@ let
   # What can be taken away is taken away: the program itself only writes below dataDir, talks to
   # dockerd over /run/docker.sock and to Caddy's admin API (TCP on localhost or a unix socket).
   # Containers are created by dockerd, outside these units' namespaces, so none of this limits them.
-  hardening = {
-    User = "root";
-    # Nothing for others; the group bits stay possible, as snippets must be 0640 for Caddy.
-    UMask = "0027";
-    ProtectSystem = "strict";
-    ReadWritePaths = [ (toString cfg.dataDir) ];
-    # An empty /root and /home: the docker CLI finds no config there and needs none.
-    ProtectHome = "tmpfs";
-    PrivateTmp = true;
-    PrivateDevices = true;
-    NoNewPrivileges = true;
-    ProtectClock = true;
-    ProtectControlGroups = true;
-    ProtectHostname = true;
-    ProtectKernelLogs = true;
-    ProtectKernelModules = true;
-    ProtectKernelTunables = true;
-    ProtectProc = "invisible";
-    LockPersonality = true;
-    RestrictRealtime = true;
-    RestrictNamespaces = true;
-    RestrictAddressFamilies = [
-      "AF_UNIX"
-      "AF_INET"
-      "AF_INET6"
-    ];
-    SystemCallArchitectures = "native";
-    SystemCallFilter = [ "@system-service" ];
-    # Enough for root to manage files owned by container users and by group caddy.
-    CapabilityBoundingSet = [
-      "CAP_CHOWN"
-      "CAP_DAC_OVERRIDE"
-      "CAP_DAC_READ_SEARCH"
-      "CAP_FOWNER"
-    ];
+  # `capabilities` is what this unit's root keeps ([ ] for none); `ipAllow` the IP addresses it may
+  # talk to, or null for any.
+  hardening =
+    {
+      capabilities,
+      ipAllow ? cfg.ipAddressAllow,
+    }:
+    {
+      User = "root";
+      # Nothing for others; the group bits stay possible, as snippets must be 0640 for Caddy.
+      UMask = "0027";
+      ProtectSystem = "strict";
+      # `-`: a dataDir that does not exist yet (tmpfiles creates it) must not fail the namespace.
+      ReadWritePaths = [ "-${root}" ];
+      # An empty /root and /home: the docker CLI reads its config from DOCKER_CONFIG instead.
+      ProtectHome = "tmpfs";
+      PrivateTmp = true;
+      PrivateDevices = true;
+      PrivateMounts = true;
+      NoNewPrivileges = true;
+      ProtectClock = true;
+      ProtectControlGroups = true;
+      ProtectHostname = true;
+      ProtectKernelLogs = true;
+      ProtectKernelModules = true;
+      ProtectKernelTunables = true;
+      ProtectProc = "invisible";
+      LockPersonality = true;
+      RestrictRealtime = true;
+      RestrictNamespaces = true;
+      # The setgid bit of the snippet folder is set by tmpfiles, never by the program.
+      RestrictSUIDSGID = true;
+      # systemd skips this for root; it takes effect if the units ever run as another user.
+      RemoveIPC = true;
+      RestrictAddressFamilies = [
+        "AF_UNIX"
+        "AF_INET"
+        "AF_INET6"
+      ];
+      SystemCallArchitectures = "native";
+      SystemCallFilter = [ "@system-service" ];
+      # A refused system call fails with EPERM rather than killing the program mid-write.
+      SystemCallErrorNumber = "EPERM";
+      # The program never changes a file's owner: CAP_CHOWN is never needed. An empty string
+      # (not an empty list, which systemd would not see) leaves none.
+      CapabilityBoundingSet = if capabilities == [ ] then "" else capabilities;
+    }
+    // optionalAttrs (ipAllow != null) {
+      IPAddressDeny = "any";
+      IPAddressAllow = ipAllow;
+    };
+
+  # Enough for root to manage files owned by container users and by group caddy.
+  fileCapabilities = [
+    "CAP_DAC_OVERRIDE"
+    "CAP_DAC_READ_SEARCH"
+    "CAP_FOWNER"
+  ];
+
+  # Restart with backoff (systemd 254 and later): 5s, growing to `max` over 5 steps.
+  backoff = max: {
+    RestartSec = "5s";
+    RestartSteps = 5;
+    RestartMaxDelaySec = max;
   };
+
+  environment = sm.environment cfg;
+
+  # What a unit that reads the backup repository needs: `backup` writes it, and `check` and the
+  # exporter read the last snapshot of each instance from it. The password arrives as a systemd
+  # credential (%d: the unit's credentials folder), the backend's keys through EnvironmentFile=,
+  # and a remote repository needs the network.
+  repositoryAccess = {
+    environment = optionalAttrs cfg.backup.enable (
+      {
+        # Kept between runs: without it restic reads the whole index from the repository.
+        RESTIC_CACHE_DIR = "/var/cache/supabase-manager/restic";
+      }
+      // optionalAttrs (cfg.backup.passwordFile != null) {
+        SUPABASE_MANAGER_BACKUP_PASSWORD_FILE = "%d/backup-password";
+      }
+    );
+    serviceConfig = optionalAttrs cfg.backup.enable {
+      LoadCredential = optional (
+        cfg.backup.passwordFile != null
+      ) "backup-password:${cfg.backup.passwordFile}";
+      EnvironmentFile = optional (cfg.backup.environmentFile != null) cfg.backup.environmentFile;
+      CacheDirectory = "supabase-manager";
+      CacheDirectoryMode = "0700";
+    };
+    path = optional cfg.backup.enable pkgs.restic;
+    ipAllow = if cfg.backup.enable && !repositoryIsLocal then null else cfg.ipAddressAllow;
+  };
+
+  # Reading the disk use of instance folders walks volumes of container users (postgres, ...).
+  readCapabilities = [ "CAP_DAC_READ_SEARCH" ];
 
   afterCaddy = optional cfg.caddy.enable "caddy.service";
 in
@@ -94,17 +235,21 @@ in
       type = types.package;
       default = pkgs.callPackage ./package.nix { };
       defaultText = literalExpression "pkgs.callPackage ./nix/package.nix { }";
-      description = "The supabase-manager package to use.";
+      description = ''
+        The supabase-manager package to use. The module installs a `supabase-manager` command
+        that runs it with the module's data folder and config file as defaults.
+      '';
     };
 
     dataDir = mkOption {
-      type = types.path;
+      type = hostPath;
       default = sm.defaults.dataDir;
       example = "/srv/supabase";
       description = ''
         Data folder of supabase-manager: {file}`instances/NAME` (one per instance, mode 0700),
-        {file}`caddy/NAME.conf` (Caddy snippets), {file}`templates`, {file}`state.json` and
-        {file}`audit.log`. Exported as `SUPABASE_MANAGER_ROOT`.
+        {file}`caddy/NAME.conf` (Caddy snippets), {file}`templates`, {file}`state.json`,
+        {file}`audit.log` and {file}`.docker` (registry logins, `DOCKER_CONFIG`). The installed
+        command passes it as `SUPABASE_MANAGER_ROOT`.
       '';
     };
 
@@ -132,12 +277,17 @@ in
 
     publicPort = mkOption {
       type = types.port;
-      default = sm.defaultPublicPort cfg.scheme;
-      defaultText = literalExpression ''if scheme == "http" then 80 else 443'';
+      default = defaultPublicPort;
+      defaultText = literalExpression ''
+        if scheme == "http" then config.services.caddy.httpPort else config.services.caddy.httpsPort
+        # 80 or 443 with caddy.enable = false
+      '';
       example = 8443;
       description = ''
         Port of Caddy's public listener, used in site addresses and in the URLs the program
-        prints. Caddy's server on it is named `supabase`.
+        prints. Caddy's server on it is named `supabase`. It follows Caddy's own default port
+        for the scheme ({option}`services.caddy.httpsPort` or `httpPort`), which is where
+        Caddy puts sites whose address has no port.
       '';
     };
 
@@ -155,8 +305,26 @@ in
       type = types.bool;
       default = false;
       description = ''
-        Whether to open the public port (and port 80 with `https`, for ACME HTTP challenges and
-        redirects) in the firewall.
+        Whether to open the public port in the firewall: TCP, and with `https` also UDP (HTTP/3)
+        and TCP port 80 (ACME HTTP challenges and redirects to HTTPS).
+      '';
+    };
+
+    ipAddressAllow = mkOption {
+      type = types.nullOr (types.listOf types.str);
+      default = if sm.isLocalAdmin cfg.caddy.adminAddress then [ "localhost" ] else null;
+      defaultText = literalExpression ''[ "localhost" ] # null when caddy.adminAddress is on another host'';
+      example = [
+        "localhost"
+        "192.0.2.10"
+      ];
+      description = ''
+        IP addresses (systemd's `IPAddressAllow=`) the units may talk to; everything else is
+        denied (`IPAddressDeny=any`). Docker is reached over its unix socket and Caddy's admin API
+        on localhost, so nothing more is needed on a single host. Add the addresses of other
+        Docker hosts (`supabase-manager host add`), or set `null` to lift the restriction. The
+        backup unit is restricted only with a local repository, the metrics unit only when it
+        listens on a loopback address.
       '';
     };
 
@@ -165,24 +333,24 @@ in
       default = { };
       example = literalExpression ''{ github_api = "https://github.example.com/api/v3"; }'';
       description = ''
-        Extra keys for the config file {file}`${sm.configFile}`, merged over the ones the options
-        above produce (`domain`, `scheme`, `public_port`, `caddy.admin`, `ports.range`). See the
-        README for the keys the program reads.
+        Extra keys for the config file {file}`${sm.configFile}`. The keys the options above
+        produce (`domain`, `scheme`, `public_port`, `caddy.admin`, `ports.range`, and the
+        `backup` and `metrics` keys when those are enabled) cannot be set here. See the README
+        for the keys the program reads.
       '';
     };
 
     caddy = {
-      enable = mkOption {
-        type = types.bool;
-        default = true;
-        description = ''
-          Whether to run Caddy through {option}`services.caddy` as the public front of the
-          instances: it imports {file}`<dataDir>/caddy/*.conf` and gets the global options the
-          program relies on (server name `supabase` on the public listener, `metrics { per_host }`,
+      enable =
+        mkEnableOption ''
+          Caddy through {option}`services.caddy` as the public front of the instances: it imports
+          {file}`<dataDir>/caddy/*.conf` and gets the global options the program relies on
+          (server name `supabase` on the public listener, `metrics { per_host }`,
           `grace_period 10s`, the admin address). Disable it only if you configure a Caddy
-          yourself with the same lines.
-        '';
-      };
+          yourself with the same lines''
+        // {
+          default = true;
+        };
 
       adminAddress = mkOption {
         type = types.strMatching sm.adminAddressPattern;
@@ -190,50 +358,179 @@ in
         example = sm.unixAdminExample;
         description = ''
           Caddy's admin API, through which the program publishes routes: `http://HOST:PORT`
-          (Caddy's default, `http://localhost:2019`) or `unix//PATH`. A socket under
-          {file}`/run/caddy` is created with mode 0660 in a folder of group caddy, so that
-          members of the group (and root) can use it while other local users cannot.
+          (Caddy's default, `http://localhost:2019`) or `unix//PATH`. A socket gets mode 0660 in
+          a folder (mode 0750) of Caddy's user and group, so that members of the group (and
+          root) can use it while other local users cannot: a folder below {file}`/run` is
+          Caddy's `RuntimeDirectory`, one elsewhere is created by tmpfiles. A change restarts
+          Caddy, as a reload would be sent to the new address.
         '';
       };
 
       group = mkOption {
         type = types.str;
-        default = config.services.caddy.group;
-        defaultText = literalExpression "config.services.caddy.group";
+        default = if cfg.caddy.enable then caddyCfg.group else "root";
+        defaultText = literalExpression ''if caddy.enable then config.services.caddy.group else "root"'';
         description = ''
-          Group that may read the snippet folder {file}`<dataDir>/caddy` (Caddy's group).
+          Group that may read the snippet folder {file}`<dataDir>/caddy` (Caddy's group). With
+          `caddy.enable = false`, set it to the group of the Caddy you run: the default, `root`,
+          lets only root read the snippets.
+        '';
+      };
+
+      serverOptions = mkOption {
+        type = types.lines;
+        default = "";
+        example = ''
+          trusted_proxies static private_ranges
+          timeouts {
+            read_header 10s
+          }
+          protocols h1 h2 h3
+        '';
+        description = ''
+          Lines inside the global `servers :<publicPort> { name supabase ... }` block, i.e. server
+          options of the public listener. Caddy applies that block, not a bare `servers { }`
+          block in {option}`services.caddy.globalConfig`, to the listener, and a second
+          `servers :<publicPort>` block is an error: put such options here.
         '';
       };
     };
 
     maintenance.interval = mkOption {
-      type = types.str;
+      type = types.nullOr types.str;
       default = sm.defaults.maintenanceInterval;
       example = "*:0/15";
       description = ''
         How often (systemd calendar event, see {manpage}`systemd.time(7)`) the maintenance
-        unit `supabase-manager-maintenance.service` runs `supabase-manager check`. Problems are
-        logged to the journal, one line each, and leave the unit failed.
+        unit `supabase-manager-maintenance.service` runs `supabase-manager caddy sync` (routes
+        Caddy lost come back) and `supabase-manager check`. Problems are logged to the journal,
+        one line each, and leave the unit failed. `null` turns the timer off.
       '';
+    };
+
+    backup = {
+      enable = mkEnableOption "scheduled backups of every instance with restic (`supabase-manager backup --all`, then `backup prune`)";
+
+      repository = mkOption {
+        type = types.str;
+        default = "${root}/backups";
+        defaultText = literalExpression ''"''${dataDir}/backups"'';
+        example = "s3:https://s3.example.com/backups/supabase";
+        description = ''
+          The restic repository: a path, or a remote store such as
+          `s3:https://HOST/BUCKET/PREFIX`, `b2:BUCKET:PREFIX`, `sftp:USER@HOST:/PATH`. Written
+          to the config file as `[backup] repository`, so that manual `backup` and `restore`
+          commands use it too.
+        '';
+      };
+
+      passwordFile = mkOption {
+        type = types.nullOr hostPath;
+        default = null;
+        example = "/run/secrets/supabase-backup-password";
+        description = ''
+          File holding the repository password, outside the Nix store. The backup unit reads it
+          as a systemd credential (`LoadCredential=`); the config file names it for manual
+          commands. With `null`, the program keeps a generated password in
+          {file}`<dataDir>/keys/backup.key`: export it (`supabase-manager backup key export`)
+          and keep it elsewhere, or the backups die with the disk.
+        '';
+      };
+
+      environmentFile = mkOption {
+        type = types.nullOr hostPath;
+        default = null;
+        example = "/run/secrets/supabase-backup.env";
+        description = ''
+          `KEY=VALUE` lines for the storage backend (`AWS_ACCESS_KEY_ID`,
+          `AWS_SECRET_ACCESS_KEY`, `B2_ACCOUNT_ID`, ...), outside the Nix store: the unit's
+          `EnvironmentFile=`, and `[backup] environment_file` for manual commands.
+        '';
+      };
+
+      schedule = mkOption {
+        type = types.str;
+        default = sm.defaults.backupSchedule;
+        example = "*-*-* 03:30:00";
+        description = ''
+          When backups run (`OnCalendar=`, see {manpage}`systemd.time(7)`). A run missed while
+          the machine was off happens at the next boot.
+        '';
+      };
+
+      keep = lib.mapAttrs (
+        kind: count:
+        mkOption {
+          type = types.ints.unsigned;
+          default = count;
+          description = "How many ${kind} snapshots `backup prune` keeps per instance.";
+        }
+      ) sm.defaults.backupKeep;
+    };
+
+    metrics = {
+      enable = mkEnableOption "the Prometheus exporter `supabase-manager metrics serve` as a service";
+
+      listenAddress = mkOption {
+        type = types.strMatching sm.listenPattern;
+        default = sm.defaults.metricsListen;
+        example = "0.0.0.0:9464";
+        description = ''
+          `HOST:PORT` the exporter listens on (`[metrics] listen` in the config file). The
+          default keeps it on this machine.
+        '';
+      };
+
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Whether to open the exporter's port (TCP) in the firewall.";
+      };
     };
   };
 
   config = mkIf cfg.enable (mkMerge [
     {
-      assertions = map (message: {
-        assertion = false;
-        inherit message;
-      }) (sm.problems cfg);
+      assertions =
+        map (message: {
+          assertion = false;
+          inherit message;
+        }) (sm.problems cfg)
+        ++ [
+          {
+            assertion = sm.overriddenKeys cfg == [ ];
+            message = "services.supabase-manager.settings sets ${lib.concatStringsSep ", " (sm.overriddenKeys cfg)}, which the module's options own; set those options instead";
+          }
+          {
+            # The program leaves the port out of site addresses on the scheme's usual port, and
+            # Caddy puts such sites on its own default port: the two must be the same listener.
+            assertion =
+              !cfg.caddy.enable
+              || caddyPort == null
+              || cfg.publicPort != sm.defaultPublicPort cfg.scheme
+              || cfg.publicPort == caddyPort;
+            message = "services.supabase-manager.publicPort is ${toString cfg.publicPort} but Caddy serves ${cfg.scheme} sites without a port on ${toString caddyPort} (services.caddy.${
+              if cfg.scheme == "http" then "httpPort" else "httpsPort"
+            }); leave publicPort at its default";
+          }
+        ];
+
+      warnings =
+        optional (cfg.backup.enable && cfg.backup.passwordFile == null) "services.supabase-manager.backup.passwordFile is null: the repository password is generated into ${root}/keys/backup.key, on the same disk as the data; run `supabase-manager backup key export` and keep it elsewhere"
+        ++ optional (cfg.metrics.enable && cfg.metrics.openFirewall && metricsOnLoopback) "services.supabase-manager.metrics.openFirewall opens port ${toString metricsPort}, but the exporter listens on ${cfg.metrics.listenAddress}, a loopback address";
 
       virtualisation.docker.enable = true;
 
-      environment.systemPackages = [ cfg.package ];
+      environment.systemPackages = [ command ];
       environment.etc.${sm.etcConfigName}.source = configFile;
-      environment.variables = environment;
 
-      networking.firewall.allowedTCPPorts = optionals cfg.openFirewall (
-        [ cfg.publicPort ] ++ optional (cfg.scheme == "https") 80
-      );
+      networking.firewall.allowedTCPPorts =
+        optionals cfg.openFirewall ([ cfg.publicPort ] ++ optional (cfg.scheme == "https") httpPort)
+        ++ optional (cfg.metrics.enable && cfg.metrics.openFirewall) metricsPort;
+      # HTTP/3 runs over UDP on the HTTPS port.
+      networking.firewall.allowedUDPPorts = optional (
+        cfg.openFirewall && cfg.scheme == "https"
+      ) cfg.publicPort;
 
       systemd.tmpfiles.settings."10-supabase-manager" = sm.tmpfilesRules cfg;
 
@@ -246,33 +543,49 @@ in
         after = [
           "network-online.target"
           "docker.service"
-        ] ++ afterCaddy;
+        ]
+        ++ afterCaddy;
         # A switch must not start instances again behind the administrator's back.
         restartIfChanged = false;
         inherit environment;
-        serviceConfig = hardening // {
+        serviceConfig = hardening { capabilities = fileCapabilities; } // {
           Type = "oneshot";
           RemainAfterExit = true;
           ExecStart = "${exe} start --all";
-          ExecStartPost = "${exe} caddy sync";
+          # `-`: a Caddy that is down (one run outside this module, say) must not fail the boot;
+          # supabase-manager-sync and the maintenance timer push the routes once it is back.
+          ExecStartPost = "-${exe} caddy sync";
           # Pulling nothing (images are local), but a few dozen stacks take a while to come up.
           TimeoutStartSec = "30min";
         };
       };
 
-      # Periodic maintenance: the health check. `check` prints one line per problem (kept in the
-      # journal) and exits 1, which leaves the unit failed and visible in `systemctl --failed`.
+      # Periodic maintenance: routes Caddy lost come back, then the health check. `check` prints
+      # one line per problem (kept in the journal) and exits 1, which leaves the unit failed and
+      # visible in `systemctl --failed`; a failed sync shows there as Caddy's problem.
       systemd.services.supabase-manager-maintenance = {
-        description = "supabase-manager maintenance (health check)";
+        description = "supabase-manager maintenance (Caddy routes, health check)";
         requires = [ "docker.service" ];
         after = [ "docker.service" ] ++ afterCaddy;
-        inherit environment;
-        serviceConfig = hardening // {
-          Type = "oneshot";
-          ExecStart = "${exe} check";
-        };
+        environment = environment // repositoryAccess.environment;
+        inherit (repositoryAccess) path;
+        serviceConfig =
+          hardening {
+            capabilities = readCapabilities;
+            inherit (repositoryAccess) ipAllow;
+          }
+          // repositoryAccess.serviceConfig
+          // {
+            Type = "oneshot";
+            ExecStart = [
+              "-${exe} caddy sync"
+              "${exe} check"
+            ];
+          };
       };
+    }
 
+    (mkIf (cfg.maintenance.interval != null) {
       systemd.timers.supabase-manager-maintenance = {
         description = "Periodic supabase-manager maintenance";
         wantedBy = [ "timers.target" ];
@@ -282,14 +595,34 @@ in
           RandomizedDelaySec = "5min";
         };
       };
-    }
+    })
 
     (mkIf cfg.caddy.enable {
+      assertions = [
+        {
+          assertion = !caddyCfg.resume;
+          message = "services.supabase-manager: services.caddy.resume must stay false (Caddy must load the Caddyfile and its snippets; supabase-manager-sync pushes the live routes)";
+        }
+        {
+          assertion = caddyCfg.settings == { };
+          message = "services.supabase-manager: services.caddy.settings replaces the Caddyfile, so the snippet import and global options would be lost; use globalConfig/extraConfig/virtualHosts";
+        }
+        {
+          assertion = builtins.length publicServerBlocks == 1;
+          message = "services.supabase-manager: services.caddy.globalConfig has its own `servers :${toString cfg.publicPort}` block, which Caddy refuses next to the module's; put its lines in services.supabase-manager.caddy.serverOptions";
+        }
+      ];
+
+      warnings = optional (bareServerBlocks != [ ]) "services.caddy.globalConfig has a `servers { ... }` block: Caddy applies the module's `servers :${toString cfg.publicPort}` block to the public listener instead, so put options meant for it in services.supabase-manager.caddy.serverOptions";
+
       services.caddy = {
         enable = true;
         globalConfig = sm.caddyGlobalConfig cfg;
         extraConfig = sm.caddyExtraConfig cfg;
       };
+
+      # A reload goes to the admin address in the new Caddyfile, where nothing listens yet.
+      systemd.services.caddy.restartTriggers = [ cfg.caddy.adminAddress ];
 
       # Caddy forgets every route added through its admin API whenever it reads its Caddyfile
       # again: at start, at restart, and at reload (services.caddy.enableReload makes every
@@ -315,41 +648,123 @@ in
         # A changed config file (domain, port, admin address) means other routes: sync again.
         restartTriggers = [ configFile ];
         inherit environment;
-        serviceConfig = hardening // {
-          Type = "oneshot";
-          RemainAfterExit = true;
-          ExecStart = "${exe} caddy sync";
-          ExecReload = "${exe} caddy sync";
-          # A failed first sync (Caddy busy, a lock held) is tried again rather than left until
-          # the next reload.
-          Restart = "on-failure";
-          RestartSec = "10s";
-        };
+        serviceConfig =
+          hardening { capabilities = [ ]; }
+          // backoff "2min"
+          // {
+            Type = "oneshot";
+            RemainAfterExit = true;
+            ExecStart = "${exe} caddy sync";
+            ExecReload = syncAfterReload;
+            # A failed sync at Caddy's start (Caddy busy, a lock held) is tried again, with
+            # backoff, rather than left until the next reload.
+            Restart = "on-failure";
+          };
       };
     })
 
-    (mkIf (cfg.caddy.enable && sm.isUnixAdmin cfg.caddy.adminAddress) {
-      # The admin socket's folder: created with Caddy, traversable by its group only.
+    # The admin socket's folder, reachable by Caddy's group only: created with Caddy below /run,
+    # by tmpfiles elsewhere. (Two mkIf, not an if: the options a module defines must not depend
+    # on the configuration.)
+    (mkIf (cfg.caddy.enable && sm.isUnixAdmin cfg.caddy.adminAddress && adminSocketInRun) {
       systemd.services.caddy.serviceConfig = {
-        RuntimeDirectory = "caddy";
+        RuntimeDirectory = lib.removePrefix "/run/" adminSocketDir;
         RuntimeDirectoryMode = "0750";
         RuntimeDirectoryPreserve = "restart";
       };
     })
 
-    (mkIf cfg.caddy.enable {
+    (mkIf (cfg.caddy.enable && sm.isUnixAdmin cfg.caddy.adminAddress && !adminSocketInRun) {
       assertions = [
         {
-          assertion = !config.services.caddy.resume;
-          message = "services.supabase-manager: services.caddy.resume must stay false (Caddy must load the Caddyfile and its snippets; supabase-manager-sync pushes the live routes)";
-        }
-        {
-          assertion = config.services.caddy.settings == { };
-          message = "services.supabase-manager: services.caddy.settings replaces the Caddyfile, so the snippet import and global options would be lost; use globalConfig/extraConfig/virtualHosts";
+          assertion =
+            !builtins.elem adminSocketDir sharedFolders
+            && adminSocketDir != root
+            && !lib.hasPrefix "${root}/" adminSocketDir;
+          message = "services.supabase-manager.caddy.adminAddress: the socket needs a folder of its own (Caddy's, mode 0750), not ${adminSocketDir}";
         }
       ];
+      systemd.tmpfiles.settings."10-supabase-manager".${adminSocketDir}.d = {
+        mode = "0750";
+        user = caddyCfg.user;
+        group = caddyCfg.group;
+      };
+    })
+
+    (mkIf cfg.backup.enable {
+      # One snapshot per instance, then the keep policy. A switch never starts a backup.
+      systemd.services.supabase-manager-backup = {
+        description = "Back up every supabase-manager instance, then prune old snapshots";
+        requires = [ "docker.service" ];
+        wants = [ "network-online.target" ];
+        after = [
+          "network-online.target"
+          "docker.service"
+        ];
+        restartIfChanged = false;
+        environment = environment // repositoryAccess.environment;
+        inherit (repositoryAccess) path;
+        serviceConfig =
+          hardening {
+            # Volumes hold files of container users (postgres, ...).
+            capabilities = fileCapabilities;
+            inherit (repositoryAccess) ipAllow;
+          }
+          // repositoryAccess.serviceConfig
+          // {
+            Type = "oneshot";
+            ExecStart = [
+              "${exe} backup --all"
+              "${exe} backup prune"
+            ];
+            ReadWritePaths = [
+              "-${root}"
+            ]
+            ++ optional (repositoryIsLocal && !lib.hasPrefix "${root}/" repositoryPath) "-${repositoryPath}";
+            # Instances keep serving while the backup reads their data.
+            Nice = 10;
+            IOSchedulingClass = "idle";
+          };
+      };
+
+      systemd.timers.supabase-manager-backup = {
+        description = "Scheduled supabase-manager backups";
+        wantedBy = [ "timers.target" ];
+        timerConfig = {
+          OnCalendar = cfg.backup.schedule;
+          Persistent = true;
+          RandomizedDelaySec = "15min";
+        };
+      };
+    })
+
+    (mkIf cfg.metrics.enable {
+      systemd.services.supabase-manager-metrics = {
+        description = "Prometheus exporter of supabase-manager's instances";
+        wantedBy = [ "multi-user.target" ];
+        wants = [ "docker.service" ];
+        after = [
+          "network.target"
+          "docker.service"
+        ]
+        ++ afterCaddy;
+        environment = environment // repositoryAccess.environment;
+        inherit (repositoryAccess) path;
+        serviceConfig =
+          hardening {
+            # A port below 1024 needs binding.
+            capabilities = readCapabilities ++ optional (metricsPort < 1024) "CAP_NET_BIND_SERVICE";
+            # Prometheus scrapes from elsewhere unless the exporter stays on loopback.
+            ipAllow = if metricsOnLoopback then repositoryAccess.ipAllow else null;
+          }
+          // repositoryAccess.serviceConfig
+          // backoff "1min"
+          // {
+            Type = "exec";
+            ExecStart = "${exe} metrics serve --listen ${cfg.metrics.listenAddress}";
+            Restart = "always";
+          };
+      };
     })
   ]);
-
-  meta.maintainers = [ ];
 }

@@ -15,39 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from controller.errors import ManagerError, UsageError
+from shell import values
 from shell.context import ARGV, BATCH, REPL, Context
 from shell.parse import Command, Opt, ParseError, pattern
-
-
-class LeaveShell(Exception):
-    """Raised by `exit`/`quit` inside the REPL."""
-
-
-# --- option value checks -------------------------------------------------------------------------
-def _port_assignment(text: str) -> tuple[str, int]:
-    service, eq, port = text.partition("=")
-    if not eq or not service or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise UsageError(f"expected SERVICE=PORT with a port 1-65535, got {text!r}")
-    return service, int(port)
-
-
-def _cpus(text: str) -> float:
-    from controller.render import check_cpus
-
-    return check_cpus(text)
-
-
-def _memory(text: str) -> str:
-    from controller.render import check_memory
-
-    return check_memory(text)
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
+from shell.signals import EnterShell, LeaveShell
 
 
 # --- small helpers -------------------------------------------------------------------------------
@@ -159,11 +130,7 @@ def _create(ctx: Context, v: dict) -> int | None:
             return 1
     else:
         validate_name(name)
-        ports: dict[str, int] = {}
-        for service, port in v["port"]:
-            if service in ports:
-                raise UsageError(f"create: --port {service}= given twice")
-            ports[service] = port
+        ports = values.port_map(v["port"])
         from pathlib import Path
 
         answers = {
@@ -210,7 +177,14 @@ def _list(ctx: Context, v: dict) -> None:
             for r in rows
         ]
         headers = ["", "NAME", "STATUS", "UP", "CPU", "MEMORY", "DISK", "API URL"]
-        return output.table(headers, body, ctx.out, right=(3, 4, 5, 6))
+        table = output.table(headers, body, ctx.out, right=(3, 4, 5, 6))
+        notes = [
+            f"{r.name}: runs template {r.template}, {r.newer_template} was imported since "
+            f"('upgrade {r.name} --template {r.newer_template} --dry-run' shows the change)"
+            for r in rows
+            if r.newer_template
+        ]
+        return "\n".join([table, *notes])
 
     _emit(ctx, rows, text)
 
@@ -237,6 +211,10 @@ def _show(ctx: Context, v: dict) -> None:
             f"  {'overlays':<9} {', '.join(d.overlays) or '-'}",
         ]
         lines += section("URLs", list(d.urls.items()))
+        guarded = [role for role in ("studio", "mail") if role in d.urls]
+        if guarded:
+            note = f"{' and '.join(guarded)} ask for DASHBOARD_USERNAME / DASHBOARD_PASSWORD"
+            lines.append("  " + output.dim(note, ctx.out))
         if d.containers:
             lines.append(output.paint("Containers", "bold", ctx.out))
             rows = [[c.service, c.name, c.state, c.health or "-"] for c in d.containers]
@@ -328,12 +306,34 @@ def _env_get(ctx: Context, v: dict) -> None:
 
 
 def _env_set(ctx: Context, v: dict) -> None:
+    """KEY=VALUE words, or one KEY alone whose value is asked for (so it stays off argv).
+    No error repeats a word of the line: a mistyped one may be a secret."""
+    from controller.envpolicy import check_key
+    from controller.names import validate_name
+
+    validate_name(v["name"])
     assignments: dict[str, str] = {}
+    asked: list[str] = []
     for item in v["assignments"]:
         key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise UsageError(f"env set: expected KEY=VALUE, got {item.partition('=')[0]!r}")
-        assignments[key] = value
+        if eq and not key:
+            raise UsageError("env set: an assignment has no KEY before '='")
+        check_key(key)
+        if eq:
+            assignments[key] = value
+        else:
+            asked.append(key)
+    if asked and (len(asked) > 1 or assignments):
+        # e.g. `KEY= value` or `KEY value`: that bare word may well be the value.
+        raise UsageError(
+            "env set: give KEY=VALUE words, or a single KEY alone to be asked for its value"
+        )
+    for key in asked:
+        # The prompt does not repeat the word either: it may be a value typed without its key.
+        assignments[key] = ctx.read_secret("value (not shown): ")
+        if not assignments[key]:
+            # An empty stdin (cron, </dev/null) must not blank a password by accident.
+            raise UsageError("env set: no value given; to set an empty value give KEY=")
     change = ctx.manager.env_set(v["name"], assignments)
     _offer_restart(ctx, v["name"], change)
 
@@ -359,9 +359,14 @@ def _caddy_sync(ctx: Context, v: dict) -> None:
     _emit(ctx, lines, lambda: "\n".join(lines) or "caddy routes are in sync")
 
 
-def _caddy_status(ctx: Context, v: dict) -> None:
+def _caddy_status(ctx: Context, v: dict) -> int:
+    """The drift report; exit 1 when Caddy's admin API cannot be reached (the report says so)."""
     status = ctx.manager.caddy_status()
     _emit(ctx, status, lambda: _render_mapping(status))
+    if not status.get("reachable"):
+        ctx.warn(f"supabase-manager: {status.get('error') or 'Caddy cannot be reached'}")
+        return 1
+    return 0
 
 
 def _render_mapping(data: object, indent: int = 0) -> str:
@@ -383,6 +388,243 @@ def _render_mapping(data: object, indent: int = 0) -> str:
     else:
         lines.append(f"{pad}{data}")
     return "\n".join(lines)
+
+
+# --- backup and restore --------------------------------------------------------------------------
+def _backup(ctx: Context, v: dict) -> None:
+    from controller.restic import human
+
+    result = ctx.manager.backup(v["name"], v["tag"], progress=ctx.progress)
+    for note in result.notes:
+        ctx.warn(f"note: {note}")
+    _warnings(ctx, result.warnings)
+    _emit(
+        ctx,
+        result,
+        lambda: (
+            f"backed up {result.instance}: backup {result.backup} (snapshot "
+            f"{result.snapshot}), {human(result.bytes)} read, {human(result.added)} new, "
+            f"{result.seconds:.1f} s"
+        ),
+    )
+
+
+def _backup_all(ctx: Context, v: dict) -> None:
+    results = ctx.manager.backup_all(v["tag"], progress=ctx.progress)
+    for note in {n for r in results for n in r.notes}:
+        ctx.warn(f"note: {note}")
+    _emit(
+        ctx,
+        results,
+        lambda: (
+            "\n".join(f"backed up {r.instance}: {r.backup}" for r in results)
+            or "no instance to back up"
+        ),
+    )
+
+
+def _backup_list(ctx: Context, v: dict) -> None:
+    from shell import output
+
+    rows = ctx.manager.backup_list(v["name"])
+
+    def text() -> str:
+        if not rows:
+            return "no backup yet: 'backup NAME' makes one"
+        body = [
+            [
+                r.snapshot,
+                r.instance,
+                r.time,
+                output.human_bytes(r.size),
+                r.template,
+                f"pg{r.postgres}" if r.postgres else "-",
+                ", ".join(r.tags) or "-",
+            ]
+            for r in rows
+        ]
+        headers = ["ID", "INSTANCE", "TIME (UTC)", "SIZE", "TEMPLATE", "PG", "TAGS"]
+        return output.table(headers, body, ctx.out, right=(3,))
+
+    _emit(ctx, rows, text)
+
+
+def _backup_check(ctx: Context, v: dict) -> None:
+    line = ctx.manager.backup_check(read_data=v["read_data"])
+    _emit(ctx, {"ok": True, "message": line}, lambda: line)
+
+
+def _backup_prune(ctx: Context, v: dict) -> None:
+    keep = {
+        kind: v[f"keep_{kind}"]
+        for kind in ("last", "daily", "weekly", "monthly")
+        if v[f"keep_{kind}"] is not None
+    }
+    result = ctx.manager.backup_prune(keep or None, progress=ctx.progress)
+    _emit(
+        ctx,
+        result,
+        lambda: f"removed {len(result['removed'])} backup(s), kept {len(result['kept'])}",
+    )
+
+
+def _backup_key(ctx: Context, v: dict) -> None:
+    info = ctx.manager.backup_key()
+    _emit(
+        ctx,
+        info,
+        lambda: (
+            f"repository: {info['repository']}\n"
+            + (
+                f"password:   {info['kind']} {info['where']}\n{info['note']}"
+                if info["kind"]
+                else "password:   none yet (the first backup creates one)"
+            )
+        ),
+    )
+
+
+def _backup_key_export(ctx: Context, v: dict) -> int | None:
+    if not v["yes"]:
+        answer = ctx.confirm("print the backup repository password on the terminal?")
+        if answer is None:
+            raise UsageError("backup key export: give --yes to print it without a question")
+        if not answer:
+            ctx.print("not printed")
+            return 1
+    password = ctx.manager.backup_key_export()
+    _emit(ctx, {"password": password}, lambda: password)
+    return None
+
+
+def _restore(ctx: Context, v: dict) -> int | None:
+    name = v["name"]
+    if v["dry_run"]:
+        if v["as_name"]:
+            raise UsageError("restore: --dry-run and --as do not go together")
+        result = ctx.manager.restore_dry_run(name, v["snapshot"], progress=ctx.progress)
+        _emit(
+            ctx,
+            result,
+            lambda: (
+                "\n".join(
+                    f"{'ok  ' if c.ok else 'FAIL'} {c.what}: {c.detail}" for c in result.checks
+                )
+                + f"\nbackup {result.backup} of {name}: "
+                + ("restorable" if result.ok else "NOT restorable")
+            ),
+        )
+        return 0 if result.ok else 1
+    target = v["as_name"] or name
+    if not v["yes"] and not v["as_name"] and target in ctx.manager.instance_names():
+        answer = ctx.confirm(f"replace the data of {target} with the backup?")
+        if answer is None:
+            raise UsageError(f"restore {name}: give --yes to replace its data without a question")
+        if not answer:
+            ctx.print("not restored")
+            return 1
+    result = ctx.manager.restore(name, v["snapshot"], v["as_name"], progress=ctx.progress)
+    _warnings(ctx, result.warnings)
+    _emit(
+        ctx,
+        result,
+        lambda: f"restored {result.instance} from backup {result.backup} of {result.source}",
+    )
+    return None
+
+
+def _rotate(ctx: Context, v: dict) -> None:
+    name = v["name"]
+    result = ctx.manager.rotate(
+        name, v["secrets"], v["all"], v["dry_run"], v["finish"], progress=ctx.progress
+    )
+    _warnings(ctx, result.warnings)
+
+    def text() -> str:
+        lines = []
+        if result.recovered:
+            lines.append(f"an interrupted rotation was finished: {result.recovered} values")
+        verb = "would rotate" if result.dry_run else "rotated"
+        for change in result.secrets:
+            lines.append(f"{verb} {change.secret} (.env: {', '.join(change.env_keys)})")
+            lines += [f"  sql: {sql}" for sql in change.sql]
+            lines += [f"  {note}" for note in change.notes]
+        if result.services:
+            verb = "would recreate" if result.dry_run else "recreated"
+            lines.append(f"{verb}: {', '.join(result.services)}")
+        if result.client_keys:
+            lines.append(
+                f"client keys {'to change' if result.dry_run else 'changed'}: "
+                f"{', '.join(result.client_keys)} (`show {name} --show-secrets` prints them)"
+            )
+        if not result.secrets and not result.recovered:
+            lines.append("nothing to rotate")
+        return "\n".join(lines)
+
+    _emit(ctx, result, text)
+
+
+def _upgrade(ctx: Context, v: dict) -> int | None:
+    name = v["name"]
+    if v["rollback"]:
+        if v["template"] or v["dry_run"] or v["allow_major"]:
+            raise UsageError("upgrade --rollback takes no other option")
+        result = ctx.manager.upgrade_rollback(name, progress=ctx.progress)
+        _warnings(ctx, result.warnings)
+        _emit(ctx, result, lambda: f"rolled {name} back to backup {result.backup}")
+        return None
+    if not v["template"]:
+        raise UsageError("upgrade: give --template TEMPLATE (or --rollback)")
+    result = ctx.manager.upgrade(
+        name, v["template"], v["dry_run"], v["allow_major"], progress=ctx.progress
+    )
+    _warnings(ctx, result.warnings)
+
+    def text() -> str:
+        from controller.ops.upgrade import major_refusal
+
+        d = result.diff
+        lines = [f"{d.old_template} -> {d.new_template}"]
+        for label, items in (
+            ("services added", d.added),
+            ("services removed", d.removed),
+            ("new variables", d.new_variables),
+            ("removed variables", d.removed_variables),
+            ("published ports added", d.ports_added),
+            ("published ports removed", d.ports_removed),
+        ):
+            if items:
+                lines.append(f"{label}: {', '.join(items)}")
+        lines += [f"service renamed: {old} -> {new}" for old, new in d.renamed.items()]
+        lines += [f"image {c.service}: {c.old} -> {c.new}" for c in d.images]
+        if d.gateway[0] != d.gateway[1]:
+            lines.append(f"gateway: {d.gateway[0]} -> {d.gateway[1]}")
+        if d.major_change:
+            lines.append(f"postgres: {d.postgres[0]} -> {d.postgres[1]} (major)")
+            lines.append("refused: " + major_refusal(d, v["allow_major"]))
+        if not result.dry_run:
+            lines.append(f"upgraded {name} (backup {result.backup} taken first)")
+        return "\n".join(lines)
+
+    _emit(ctx, result, text)
+    return None
+
+
+def _clone(ctx: Context, v: dict) -> None:
+    result = ctx.manager.clone(v["src"], v["new"], progress=ctx.progress)
+    _warnings(ctx, result.warnings)
+    _emit(
+        ctx,
+        result,
+        lambda: (
+            f"cloned {result.source} as {result.instance} (backup {result.backup}); "
+            f"rotated: {', '.join(result.rotated)}"
+        ),
+    )
+
+
+def _keep(text: str) -> int:
+    return values.count(text)
 
 
 def _audit(ctx: Context, v: dict) -> None:
@@ -432,6 +674,16 @@ def _check(ctx: Context, v: dict) -> int:
     return 1 if problems else 0
 
 
+def _metrics(ctx: Context, v: dict) -> None:
+    """The Prometheus text exposition, once (already machine-readable: --json changes nothing)."""
+    ctx.out.write(ctx.manager.metrics_text().decode())
+    ctx.out.flush()
+
+
+def _metrics_serve(ctx: Context, v: dict) -> None:
+    ctx.manager.metrics_serve(v["listen"], ready=ctx.warn)
+
+
 # --- the shell itself ----------------------------------------------------------------------------
 def _shell(ctx: Context, v: dict) -> int | None:
     if ctx.mode == REPL:
@@ -443,9 +695,7 @@ def _shell(ctx: Context, v: dict) -> int | None:
 
     if not sys.stdin.isatty():
         raise UsageError("the shell needs a terminal; pipe commands to a bare supabase-manager")
-    from shell.repl import run_repl
-
-    return run_repl(ctx)
+    raise EnterShell
 
 
 def _help(ctx: Context, v: dict) -> None:
@@ -518,11 +768,13 @@ TABLE: list[Command] = [
             "choose a service's host port",
             "SERVICE=PORT",
             repeat=True,
-            type=_port_assignment,
+            type=values.port_assignment,
             complete="port_assign",
         ),
-        Opt(("--cpus",), "cpus", "CPU limit per service", "N", type=_cpus),
-        Opt(("--memory",), "memory", "memory limit per service, e.g. 2g", "SIZE", type=_memory),
+        Opt(("--cpus",), "cpus", "CPU limit per service", "N", type=values.cpus),
+        Opt(
+            ("--memory",), "memory", "memory limit per service, e.g. 2g", "SIZE", type=values.memory
+        ),
         Opt(("--no-start",), "no_start", "write everything but do not start it"),
         details="Names: lowercase letters, digits and '-', starting with a letter, at most 40.",
         completers={"NAME": None},  # a new name: nothing to complete
@@ -561,15 +813,23 @@ TABLE: list[Command] = [
         "show an instance's logs",
         _logs,
         Opt(("--follow",), "follow", "keep streaming until Ctrl-C"),
-        Opt(("--tail",), "tail", "only the last N lines per service", "N", type=_count),
+        Opt(("--tail",), "tail", "only the last N lines per service", "N", type=values.count),
         Opt(("--errors",), "errors", "only error-level lines"),
     ),
     cmd("env NAME", "the instance's .env (secrets masked)", _env_list, SHOW_SECRETS),
     cmd("env NAME get KEY", "one value of the instance's .env", _env_get),
     cmd(
         "env NAME set ASSIGNMENT...",
-        "set KEY=VALUE in .env; names the services to restart",
+        "set KEY=VALUE in .env (KEY alone: asked for, kept off the command line)",
         _env_set,
+        details=(
+            "Each ASSIGNMENT is KEY=VALUE. Give one KEY alone (no '=') to keep the value out of\n"
+            "the command line, where other users of this host can read it: on a terminal it is\n"
+            "asked for without echo, otherwise it is read from stdin, e.g.\n"
+            '  printf %s "$PASSWORD" | supabase-manager env NAME set SMTP_PASS\n'
+            "The services that must restart to use the new values are named."
+        ),
+        secret_words=True,
     ),
     cmd("env NAME unset KEY", "remove a key from .env", _env_unset),
     cmd("env NAME edit", "edit .env in $EDITOR; validated before it is saved", _env_edit),
@@ -585,8 +845,103 @@ TABLE: list[Command] = [
         _top,
         prints_data=False,
     ),
+    cmd(
+        "backup NAME",
+        "one encrypted snapshot of an instance (database, volumes, folder) into the repository",
+        _backup,
+        Opt(("--tag",), "tag", "a tag for this backup", "TAG", repeat=True),
+    ),
+    cmd(
+        "backup",
+        "back up every instance",
+        _backup_all,
+        Opt(("--all",), "all", "every instance", required=True),
+        Opt(("--tag",), "tag", "a tag for these backups", "TAG", repeat=True),
+    ),
+    cmd(
+        "backup list [NAME]", "backups with id, instance, time, size, template, tags", _backup_list
+    ),
+    cmd(
+        "backup check",
+        "verify the backup repository",
+        _backup_check,
+        Opt(("--read-data",), "read_data", "also read and verify every stored byte"),
+    ),
+    cmd(
+        "backup prune",
+        "drop backups outside the keep policy (defaults from config) and free their space",
+        _backup_prune,
+        Opt(("--keep-last",), "keep_last", "keep the last N backups", "N", type=_keep),
+        Opt(("--keep-daily",), "keep_daily", "keep one a day for N days", "N", type=_keep),
+        Opt(("--keep-weekly",), "keep_weekly", "keep one a week for N weeks", "N", type=_keep),
+        Opt(("--keep-monthly",), "keep_monthly", "keep one a month for N months", "N", type=_keep),
+    ),
+    cmd("backup key", "where the backup repository's password lives", _backup_key),
+    cmd(
+        "backup key export",
+        "print the backup password (after a confirmation), for offline safekeeping",
+        _backup_key_export,
+        Opt(("-y", "--yes"), "yes", "do not ask for confirmation"),
+    ),
+    cmd(
+        "restore NAME",
+        "put an instance back to a backup (rolls back if it does not become healthy)",
+        _restore,
+        Opt(("--snapshot",), "snapshot", "backup or snapshot id (default: the latest)", "ID"),
+        Opt(("--as",), "as_name", "restore as a new instance NEW", "NEW"),
+        Opt(("--dry-run",), "dry_run", "restore into a throwaway project, verify, remove it"),
+        Opt(("-y", "--yes"), "yes", "do not ask for confirmation"),
+        completers={"NAME": None},  # a deleted instance can be restored too
+    ),
+    cmd(
+        "rotate NAME [SECRET...]",
+        "rotate secrets in .env and wherever else they live (database, Caddy, signed keys)",
+        _rotate,
+        Opt(("--all",), "all", "every secret that can be rotated in place"),
+        Opt(("--dry-run",), "dry_run", "show the plan: values, SQL (masked), services, clients"),
+        Opt(("--finish",), "finish", "with JWT_KEYS: retire the previous signing key"),
+        details=(
+            "SECRET: POSTGRES_PASSWORD, JWT_SECRET (re-signs ANON_KEY, SERVICE_ROLE_KEY),\n"
+            "JWT_KEYS (graceful: the old public key stays until --finish),\n"
+            "SUPABASE_PUBLISHABLE_KEY, SUPABASE_SECRET_KEY, DASHBOARD_PASSWORD, SECRET_KEY_BASE,\n"
+            "PG_META_CRYPTO_KEY, "
+            "LOGFLARE_* tokens, S3_PROTOCOL_ACCESS_KEY_*, MINIO_ROOT_PASSWORD, VAULT_ENC_KEY.\n"
+            "With no SECRET it finishes a rotation that was interrupted."
+        ),
+        completers={"SECRET": "env_key"},
+    ),
+    cmd(
+        "upgrade NAME",
+        "move an instance to another template (backed up first, rolled back on failure)",
+        _upgrade,
+        Opt(
+            ("--template",), "template", "the template to move to", "TEMPLATE", complete="template"
+        ),
+        Opt(("--dry-run",), "dry_run", "only show what changes"),
+        Opt(("--allow-major",), "allow_major", "accept a Postgres major version change"),
+        Opt(("--rollback",), "rollback", "restore the backup taken before the last upgrade"),
+    ),
+    cmd(
+        "clone SRC NEW",
+        "a new instance with SRC's data (fresh backup) and none of its secrets",
+        _clone,
+        completers={"SRC": "instance", "NEW": None},
+    ),
     cmd("audit [NAME]", "the audit log, optionally of one instance", _audit),
     cmd("check", "health check: one line per problem, exit 1 if there is any", _check),
+    cmd(
+        "metrics",
+        "print the Prometheus metrics once (the exposition format)",
+        _metrics,
+        prints_data=False,
+    ),
+    cmd(
+        "metrics serve",
+        "serve the Prometheus metrics over HTTP until stopped",
+        _metrics_serve,
+        Opt(("--listen",), "listen", "HOST:PORT (default from [metrics] listen)", "ADDR"),
+        prints_data=False,
+    ),
     cmd("shell", "the interactive shell", _shell, prints_data=False),
     cmd("help [COMMAND...]", "list the commands, or explain one", _help, prints_data=False),
     cmd("exit", "leave the shell (or Ctrl-D)", _exit, repl_only=True, prints_data=False),

@@ -1,10 +1,11 @@
 """Completion from the command table: command words, sub-commands, option names and, per
 argument kind, instance names (fuzzy), services, env keys, templates, overlays and paths.
 
-``complete(text)`` is plain Python (measured by the benchmark, used by tests); ``ShellCompleter``
-wraps it for prompt_toolkit. Name sources read state and files only (never Docker) and are cached
-on the state file's and the instance folder's modification times, so a keystroke costs a few stat
-calls even with hundreds of instances.
+pgcli style: a ``Completer`` holds only metadata, a ``CompletionSnapshot`` the controller built
+in one call (``Manager.completion_snapshot``). It never reads state or the files under ROOT
+itself; shell.refresher builds a new Completer in the background after each command and the REPL
+swaps it in. ``complete(text)`` is plain Python (measured by the benchmark, used by tests);
+``prompt_toolkit_completer`` wraps it for prompt_toolkit.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import os
 import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
+from controller.completion_data import CompletionSnapshot
 from shell.commands import table_for
-from shell.context import REPL, Context
+from shell.context import REPL
 from shell.parse import HELP_FLAGS, JSON_FLAG, Arg, Command, Lit, Opt
 
 
@@ -26,96 +27,6 @@ class Candidate:
     start: int  # negative: how many characters before the cursor it replaces
     meta: str = ""
     display: str | None = None
-
-
-# --- name sources -------------------------------------------------------------------------------
-class Sources:
-    """Names for completion, from the Manager when it provides them, else from state and files."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self._cache: dict[tuple, tuple[object, list[str]]] = {}
-
-    def _stamp(self, *paths: Path) -> tuple:
-        stamp = []
-        for path in paths:
-            try:
-                st = os.stat(path)
-                stamp.append((st.st_mtime_ns, st.st_size, st.st_ino))
-            except OSError:
-                stamp.append(None)
-        return tuple(stamp)
-
-    def _cached(self, key: tuple, stamp: tuple, load: Callable[[], list[str]]) -> list[str]:
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
-        try:
-            value = sorted(load())
-        except Exception:  # completion must never break typing
-            value = []
-        self._cache[key] = (stamp, value)
-        return value
-
-    def _names(self, method: str, *args: str) -> list[str]:
-        return list(getattr(self.ctx.manager, method)(*args))
-
-    def instances(self) -> list[str]:
-        s = self.ctx.settings
-        return self._cached(
-            ("instances",), self._stamp(s.state_path), lambda: self._names("instance_names")
-        )
-
-    def templates(self) -> list[str]:
-        s = self.ctx.settings
-        return self._cached(
-            ("templates",),
-            self._stamp(s.state_path, s.templates_dir),
-            lambda: self._names("template_names"),
-        )
-
-    def overlays(self, template: str | None) -> list[str]:
-        s = self.ctx.settings
-        return self._cached(
-            ("overlays", template),
-            self._stamp(s.templates_dir),
-            lambda: self._names("overlay_names", template),
-        )
-
-    def services(self, name: str) -> list[str]:
-        s = self.ctx.settings
-        folder = s.instance_dir(name)
-        return self._cached(
-            ("services", name),
-            self._stamp(s.state_path, folder / ".env"),
-            lambda: self._names("service_names", name),
-        )
-
-    def env_keys(self, name: str) -> list[str]:
-        env = self.ctx.settings.instance_dir(name) / ".env"
-        return self._cached(("env", name), self._stamp(env), lambda: self._names("env_keys", name))
-
-    def published_services(self, template: str | None) -> list[str]:
-        """Services whose host port ``--port`` may choose."""
-        s = self.ctx.settings
-        return self._cached(
-            ("published", template),
-            self._stamp(s.templates_dir),
-            lambda: self._names("template_port_services", template),
-        )
-
-
-def warm_up(sources: Sources) -> None:
-    """Pay the first-use costs before the first Tab (the REPL runs this in a thread at start):
-    the Manager's modules that name sources use, and the instance names."""
-    import contextlib
-    import importlib
-
-    for module in ("controller.manager", "controller.envfile", "controller.templatefiles"):
-        with contextlib.suppress(Exception):
-            importlib.import_module(module)
-    sources.instances()
-    sources.templates()
 
 
 # --- matching ------------------------------------------------------------------------------------
@@ -221,12 +132,16 @@ def _walk(command: Command, words: list[str]) -> _Expect | None:
 
 
 class Completer:
-    """The completion logic; ``complete(text)`` gives candidates for the text before the cursor."""
+    """The completion logic; ``complete(text)`` gives candidates for the text before the cursor.
 
-    def __init__(self, ctx: Context, sources: Sources | None = None) -> None:
-        self.ctx = ctx
-        self.sources = sources or Sources(ctx)
-        self.table = table_for(ctx.mode if ctx.mode == REPL else REPL)
+    ``snapshot`` None: no names known yet (the first refresh has not finished)."""
+
+    def __init__(
+        self, snapshot: CompletionSnapshot | None = None, table: list[Command] | None = None
+    ) -> None:
+        self.snapshot = snapshot
+        self.names = snapshot or CompletionSnapshot()
+        self.table = table if table is not None else table_for(REPL)
 
     def complete(self, text: str) -> list[Candidate]:
         words, current = _split(text)
@@ -302,35 +217,32 @@ class Completer:
         if choices is not None and kind != "overlay":
             return [Candidate(c, start) for c in choices if c.startswith(current)]
         name = values.get("name")
+        names = self.names
         if kind == "instance":
             return [
-                Candidate(_q(n), start, "instance")
-                for n in fuzzy(current, self.sources.instances())
+                Candidate(_q(n), start, "instance") for n in fuzzy(current, names.instance_names())
             ]
         if kind == "template":
             return [
                 Candidate(_q(t), start, "template")
-                for t in self.sources.templates()
+                for t in names.template_names()
                 if t.startswith(current)
             ]
         if kind == "overlay":
-            overlays = self.sources.overlays(values.get("template"))
+            overlays = names.overlays(values.get("template"))
             return [Candidate(o, start, "overlay") for o in overlays if o.startswith(current)]
         if kind == "service" and name:
             taken = set(values.get("services") or [])
-            services = [s for s in self.sources.services(name) if s not in taken]
+            services = [s for s in names.services(name) if s not in taken]
             return [Candidate(_q(s), start, "service") for s in services if s.startswith(current)]
         if kind == "env_key" and name:
-            return [
-                Candidate(k, start, "key")
-                for k in self.sources.env_keys(name)
-                if k.startswith(current)
-            ]
+            keys = names.env_keys(name)
+            return [Candidate(k, start, "key") for k in keys if k.startswith(current)]
         if kind == "env_assign" and name and "=" not in current:
-            keys = self.sources.env_keys(name)
+            keys = names.env_keys(name)
             return [Candidate(k + "=", start, "key", k) for k in keys if k.startswith(current)]
         if kind == "port_assign":
-            services = self.sources.published_services(values.get("template"))
+            services = names.port_services(values.get("template"))
             return [Candidate(s + "=", start, "service") for s in services if s.startswith(current)]
         if kind == "path":
             return _paths(current)
@@ -363,14 +275,15 @@ def _paths(current: str) -> list[Candidate]:
     return out
 
 
-def prompt_toolkit_completer(completer: Completer):
-    """The same completion as a prompt_toolkit Completer (imported only by the REPL)."""
+def prompt_toolkit_completer(current: Callable[[], Completer]):
+    """The same completion as a prompt_toolkit Completer (imported only by the REPL).
+    ``current`` gives the Completer in use, which the refresher replaces after each command."""
     from prompt_toolkit.completion import Completer as PTCompleter
     from prompt_toolkit.completion import Completion
 
     class _Wrapped(PTCompleter):
         def get_completions(self, document, complete_event):
-            for c in completer.complete(document.text_before_cursor):
+            for c in current().complete(document.text_before_cursor):
                 yield Completion(c.text, c.start, display=c.display, display_meta=c.meta)
 
     return _Wrapped()

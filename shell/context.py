@@ -3,9 +3,10 @@ whether a human can be asked, and the progress callback."""
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
+
+from shell.output import dim, isatty
 
 if TYPE_CHECKING:
     from controller.config import Settings
@@ -29,6 +30,7 @@ class Context:
         pt_input: Any = None,
         pt_output: Any = None,
         manager: Manager | None = None,
+        stdin_is_script: bool = False,
     ) -> None:
         self.root = root
         self.config = config
@@ -38,7 +40,7 @@ class Context:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         if interactive is None:
-            interactive = mode != BATCH and _isatty(sys.stdin) and _isatty(self.out)
+            interactive = mode != BATCH and isatty(sys.stdin) and isatty(self.out)
         self.interactive = interactive
         # prompt_toolkit input/output for questions asked inside the REPL (tests pass pipes here).
         self.pt_input = pt_input
@@ -46,6 +48,8 @@ class Context:
         self._settings: Settings | None = None
         self._manager = manager
         self.repl: Any = None  # the running REPL, when there is one
+        # A script read from stdin: stdin cannot also carry a value asked for.
+        self.stdin_is_script = stdin_is_script
 
     # --- lazily built core objects ---------------------------------------------------------------
     @property
@@ -86,8 +90,6 @@ class Context:
 
     def progress(self, line: str) -> None:
         """Progress lines of long work go to stderr so that stdout stays clean for --json."""
-        from shell.output import dim
-
         self.err.write(dim(f"… {line}", self.err) + "\n")
         self.err.flush()
 
@@ -107,6 +109,29 @@ class Context:
             raise EOFError
         return line.rstrip("\n")
 
+    def read_secret(self, question: str) -> str:
+        """A value that must stay off the command line: typed without echo on a terminal (never
+        stored in the shell's history), else read whole from stdin (one trailing newline
+        dropped). UsageError when there is neither."""
+        from controller.errors import UsageError
+
+        if self.mode == REPL or self.pt_input is not None:
+            from prompt_toolkit import PromptSession
+
+            session: PromptSession = PromptSession(input=self.pt_input, output=self.pt_output)
+            return session.prompt(question, is_password=True)
+        if self.stdin_is_script:
+            raise UsageError(
+                "no value: stdin holds this script; give KEY=VALUE, or run the command alone "
+                "with the value on its stdin"
+            )
+        if isatty(sys.stdin):
+            import getpass
+
+            return getpass.getpass(question, stream=self.err)
+        value = sys.stdin.read()
+        return value[:-2] if value.endswith("\r\n") else value.removesuffix("\n")
+
     def confirm(self, question: str, default: bool = False) -> bool | None:
         """yes/no; None when nobody can answer."""
         hint = "[Y/n]" if default else "[y/N]"
@@ -120,14 +145,3 @@ class Context:
         if not answer:
             return default
         return answer in ("y", "yes")
-
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-def color_allowed(stream: Any) -> bool:
-    return _isatty(stream) and "NO_COLOR" not in os.environ and os.environ.get("TERM", "") != "dumb"

@@ -54,9 +54,9 @@ def edit_env(ctx: Context, name: str):
             if text == original:
                 ctx.print("no change")
                 return None
-            problems = m.env_check(name, text)
+            problems = m.env_check(name, text, original)
             if not problems:
-                return m.env_replace(name, text)
+                return m.env_replace(name, text, original)
             ctx.warn(f"the edited .env of {name} has problems:")
             for problem in problems:
                 ctx.warn(f"  {problem}")

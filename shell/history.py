@@ -1,18 +1,21 @@
 """REPL history in the user's state folder, with secret values removed before they are written.
 
-``env NAME set JWT_SECRET=abc`` is stored as ``env NAME set JWT_SECRET=``. Which keys are secret
-comes from controller.secrets.is_secret when it exists, else from the key's name.
+Every line stored is redacted, whatever its command and whether or not it ran: a value that
+follows a secret key name goes (``env a set JWT_SECRET=abc`` is stored as
+``env a set JWT_SECRET=``), also in a mistyped command (``sett ...``), with spaces around the
+``=`` (``SMTP_PASS= x``), or with unbalanced quotes (``JWT_SECRET='hun'ter2'``). Which keys are
+secret is the controller's one rule, controller.envpolicy.is_secret.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
-_SECRET_WORDS = ("PASSWORD", "SECRET", "KEY", "TOKEN", "PASS", "JWT", "PRIVATE", "CREDENTIAL")
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def history_path(env: dict | None = None) -> Path:
@@ -22,55 +25,82 @@ def history_path(env: dict | None = None) -> Path:
 
 
 def is_secret(key: str) -> bool:
-    """The controller's rule when it has one, else: the key's name says secret."""
-    rule = _controller_rule()
-    if rule is not None:
-        try:
-            return bool(rule(key))
-        except Exception:
-            pass
-    upper = key.upper()
-    return any(word in upper for word in _SECRET_WORDS)
+    from controller.envpolicy import is_secret as rule
+
+    return rule(key)
 
 
-@functools.cache
-def _controller_rule():
-    try:
-        from controller.secrets import is_secret as rule
-    except ImportError:
-        return None
-    return rule
+@dataclass(frozen=True)
+class _Word:
+    start: int  # span in the line, quotes included
+    end: int
+    text: str  # the word as a shell would pass it (quotes removed)
 
 
-_ASSIGNMENT = re.compile(r"""(?P<key>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>"[^"]*"?|'[^']*'?|\S*)""")
+def _words(line: str) -> list[_Word]:
+    """Split like a POSIX shell, but never fail: an unclosed quote runs to the end of the line.
+    ``#`` is kept as text (a comment may hold a pasted secret too)."""
+    words: list[_Word] = []
+    i, n = 0, len(line)
+    while i < n:
+        if line[i].isspace():
+            i += 1
+            continue
+        start, text = i, []
+        while i < n and not line[i].isspace():
+            ch = line[i]
+            if ch in "'\"":
+                close = line.find(ch, i + 1)
+                close = n if close == -1 else close
+                text.append(line[i + 1 : close])
+                i = close + 1
+            elif ch == "\\" and i + 1 < n:
+                text.append(line[i + 1])
+                i += 2
+            else:
+                text.append(ch)
+                i += 1
+        words.append(_Word(start, min(i, n), "".join(text)))
+    return words
+
+
+def _is_assignment(word: str) -> bool:
+    key, eq, _ = word.partition("=")
+    return bool(eq) and _KEY.fullmatch(key) is not None
+
+
+def _secret_key(text: str) -> bool:
+    return _KEY.fullmatch(text) is not None and is_secret(text)
 
 
 def redact(line: str) -> str:
-    """The line with the values of secret keys removed from ``env NAME set`` assignments."""
-    try:
-        words = shlex.split(line, comments=True)
-    except ValueError:
-        words = None
-    if words is not None:
-        # Options may stand anywhere (`env --json shop set K=V`): look at every word.
-        if not words or words[0] != "env" or "set" not in words:
-            return line
-        out = []
-        for word in words:
-            key, eq, _ = word.partition("=")
-            out.append(f"{key}=" if eq and is_secret(key) else word)
-        return " ".join(shlex.quote(w) if not w.endswith("=") else _quote_key(w) for w in out)
-    # Unbalanced quotes: fall back to removing anything that looks like KEY=VALUE for secret keys.
-    if not line.lstrip().startswith("env"):
-        return line
-    return _ASSIGNMENT.sub(
-        lambda m: f"{m.group('key')}=" if is_secret(m.group("key")) else m.group(0), line
-    )
+    """``line`` without any value that follows a secret key name."""
+    words = _words(line)
+    out: list[str] = []
+    last = 0
+    hide_next = False  # the previous word was a secret key whose value is still to come
+    for word in words:
+        key, eq, value = word.text.partition("=")
+        keep = line[word.start : word.end]
+        if hide_next and not word.text.startswith("-") and not _is_assignment(word.text):
+            # `KEY= value`, `KEY = value`, `KEY value`: the value is this word.
+            keep = "=" if word.text.startswith("=") else ""
+            hide_next = word.text == "="
+        elif eq and _secret_key(key.strip()):
+            keep = _quote_key(key.strip()) + "="
+            hide_next = value == ""
+        elif _secret_key(word.text):
+            hide_next = True
+        else:
+            hide_next = False
+        # A word removed whole takes the blank before it along.
+        out.append(line[last : word.start] + keep if keep else "")
+        last = word.end
+    return "".join(out) + line[last:]
 
 
-def _quote_key(word: str) -> str:
-    key = word[:-1]
-    return (shlex.quote(key) if key else "") + "="
+def _quote_key(key: str) -> str:
+    return key if _KEY.fullmatch(key) else shlex.quote(key)
 
 
 def make_history(path: Path | None = None):

@@ -4,12 +4,11 @@ NO_COLOR; plain text otherwise (no escape codes in pipes, files or scripts)."""
 from __future__ import annotations
 
 import json
+import os
 import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
-
-from shell.context import color_allowed
 
 _CODES = {
     "green": "32",
@@ -20,6 +19,17 @@ _CODES = {
     "dim": "2",
     "bold": "1",
 }
+
+
+def isatty(stream: Any) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def color_allowed(stream: Any) -> bool:
+    return isatty(stream) and "NO_COLOR" not in os.environ and os.environ.get("TERM", "") != "dumb"
 
 
 def paint(text: str, color: str, stream: TextIO | None) -> str:

@@ -84,6 +84,7 @@ class Command:
     repl_only: bool = False
     prints_data: bool = True  # --json means something for it
     details: str = ""  # extra paragraphs for `help COMMAND`
+    secret_words: bool = False  # its words may hold a secret: errors never repeat them
     name: str = field(default="")  # the literal words, e.g. "env set"
 
     @property
@@ -152,11 +153,20 @@ class Parsed:
 
 
 class _Mismatch(Exception):
-    def __init__(self, message: str, literals: int, at_literal: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        literals: int,
+        at_literal: bool = False,
+        quiet: str | None = None,
+        bad_value: bool = False,
+    ) -> None:
         super().__init__(message)
         self.message = message
+        self.quiet = quiet or message  # the message without any word of the line
         self.literals = literals  # how many literal words matched before failing
         self.at_literal = at_literal
+        self.bad_value = bad_value  # the line fits the command, one value does not
 
 
 def _split_options(cmd: Command, tokens: list[str]) -> tuple[dict, list[str], bool, bool]:
@@ -183,10 +193,12 @@ def _split_options(cmd: Command, tokens: list[str]) -> tuple[dict, list[str], bo
         flag, eq, inline = token.partition("=")
         opt = cmd.find_opt(flag)
         if opt is None:
-            raise _Mismatch(f"unknown option {flag}", 0)
+            raise _Mismatch(f"unknown option {flag}", 0, quiet="unknown option")
         if not opt.takes_value:
             if eq:
-                raise _Mismatch(f"option {flag} takes no value", 0)
+                raise _Mismatch(
+                    f"option {flag} takes no value", 0, quiet="an option takes no value"
+                )
             values[opt.dest] = True
             continue
         if eq:
@@ -214,14 +226,17 @@ def _is_number(token: str) -> bool:
 
 def _convert(opt: Opt, flag: str, raw: str) -> object:
     if opt.choices is not None and raw not in opt.choices:
-        raise _Mismatch(f"option {flag}: {raw!r} is not one of {', '.join(opt.choices)}", 0)
+        message = f"option {flag}: {raw!r} is not one of {', '.join(opt.choices)}"
+        quiet = f"option {flag}: not one of {', '.join(opt.choices)}"
+        raise _Mismatch(message, 0, quiet=quiet, bad_value=True)
     if opt.type is None:
         return raw
     try:
         return opt.type(raw)
     except (ValueError, UsageError) as exc:
         detail = str(exc) if isinstance(exc, UsageError) else f"invalid value {raw!r}"
-        raise _Mismatch(f"option {flag}: {detail}", 0) from None
+        message, quiet = f"option {flag}: {detail}", f"option {flag}: invalid value"
+        raise _Mismatch(message, 0, quiet=quiet, bad_value=True) from None
 
 
 def _match(cmd: Command, tokens: list[str]) -> Parsed:
@@ -232,7 +247,8 @@ def _match(cmd: Command, tokens: list[str]) -> Parsed:
         if isinstance(element, Lit):
             if j >= len(positionals) or positionals[j] != element.word:
                 got = repr(positionals[j]) if j < len(positionals) else "nothing"
-                raise _Mismatch(f"expected {element.word!r}, got {got}", literals, True)
+                message = f"expected {element.word!r}, got {got}"
+                raise _Mismatch(message, literals, True, quiet=f"expected {element.word!r}")
             literals += 1
             j += 1
         elif element.nargs == "1":
@@ -252,7 +268,8 @@ def _match(cmd: Command, tokens: list[str]) -> Parsed:
             values[element.dest] = rest
             j = len(positionals)
     if j < len(positionals) and not help_:
-        raise _Mismatch(f"unexpected argument {positionals[j]!r}", literals + 1)
+        message = f"unexpected argument {positionals[j]!r}"
+        raise _Mismatch(message, literals + 1, quiet="unexpected argument")
     for opt in cmd.opts:
         if opt.required and opt.dest not in values and not help_:
             raise _Mismatch(f"missing option {opt.flags[-1]}", literals + 1)
@@ -285,10 +302,15 @@ def parse(table: list[Command], tokens: list[str]) -> Parsed:
     if any(t in HELP_FLAGS for t in tokens[1:]):
         return Parsed(None, {}, help=True, help_for=related(table, tokens))
     usage = [c.usage() for c in related(table, tokens)]
+    # A line meant for a command whose words may be secrets (`env NAME set K=V`): no error
+    # message repeats a word of it.
+    quiet = any(c.secret_words and set(c.words[1:]) <= set(tokens[1:]) for c in candidates)
     if all(f.at_literal and f.literals == 0 for _, f in failures) and len(candidates) > 1:
         subs = sorted({c.words[1] for c in candidates if len(c.words) > 1})
         given = _first_positional(tokens[1:])
         what = f"unknown sub-command {given!r}" if given else "missing sub-command"
+        if quiet:
+            what = "unknown sub-command"
         raise ParseError(f"{head}: {what} (one of: {', '.join(subs)})", usage)
     # Report the failure of the candidate that got furthest.
     best_cmd, best = max(failures, key=lambda f: (f[1].literals, -ordered.index(f[0])))
@@ -296,7 +318,10 @@ def parse(table: list[Command], tokens: list[str]) -> Parsed:
         best = next((f for _, f in failures if not f.at_literal), best)
     given = set(tokens[1:])
     prefix = " ".join([head] + [w for w in best_cmd.words[1:] if w in given])
-    raise ParseError(f"{prefix}: {best.message}", usage)
+    # A bad value is one line, like any other bad input; the usage is for a line that does not
+    # fit the command.
+    message = f"{prefix}: {best.quiet if quiet else best.message}"
+    raise ParseError(message, [] if best.bad_value else usage)
 
 
 def _first_positional(tokens: list[str]) -> str | None:

@@ -1,8 +1,10 @@
 """`top`: a full-screen live monitor (prompt_toolkit Application).
 
-Every few seconds a background thread samples the instances (status, CPU, memory), the request
-rate per host when the Manager can tell (Caddy's metrics), and now and then each running
-instance's latest error lines. The screen shows CPU and memory as sparklines over the last
+Every few seconds a background thread samples the instances (status, CPU, memory), Caddy's
+per-host request counters (a rate is the difference of two samples over the time between them:
+Caddy's counters restart at every config load), and now and then each running instance's latest
+error lines: the controller filters the last ERROR_SCAN lines of every service, so errors are
+found even among many other lines. The screen shows CPU and memory as sparklines over the last
 minutes. `q` (or Esc, Ctrl-C) leaves.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from shell.context import Context
@@ -19,7 +22,8 @@ from shell.output import human_bytes, percent
 SAMPLE_EVERY = 3.0  # seconds
 HISTORY = 60  # samples kept: three minutes
 ERRORS_EVERY = 15.0  # seconds between two error-line scans
-ERROR_LINES = 3
+ERROR_LINES = 3  # shown per instance
+ERROR_SCAN = 500  # lines per service the controller looks through for them
 _BARS = "▁▂▃▄▅▆▇█"
 
 
@@ -38,15 +42,20 @@ def sparkline(values: list[float | None], width: int = 30, top: float | None = N
 class Monitor:
     """The sampled data; ``sample()`` is called from the thread, ``render()`` by the screen."""
 
-    def __init__(self, manager: Any) -> None:
+    def __init__(self, manager: Any, clock: Callable[[], float] = time.monotonic) -> None:
+        from controller.caddy import RateMeter
+
         self.manager = manager
+        self.clock = clock
+        self.meter = RateMeter()
         self.rows: list[Any] = []
         self.cpu: dict[str, deque] = {}
         self.memory: dict[str, deque] = {}
         self.requests: dict[str, float] | None = None
         self.errors: dict[str, list[str]] = {}
         self.problem: str | None = None
-        self.metrics_known = False
+        self.metrics_known = False  # Caddy answered with per-host counters
+        self.metrics_off = False  # Caddy answered without them
         self.updated: float | None = None
         self._errors_at = 0.0
         self.lock = threading.Lock()
@@ -56,15 +65,18 @@ class Monitor:
             rows = list(self.manager.list(resources=True))
             problem = None
         except Exception as exc:
-            rows, problem = self.rows, _one_line(exc)
-        # None: Caddy answers without per-host metrics, or does not answer at all.
+            rows, problem = self.rows, (str(exc).splitlines() or [type(exc).__name__])[0]
+        # None: Caddy answers without per-host metrics, does not answer, or this is the first
+        # sample (a rate needs two).
         try:
-            answer = self.manager.requests_per_host()
-            requests = dict(answer) if answer is not None else None
-            self.metrics_known = True
+            counts = self.manager.request_counts()  # raw counters; rates: two samples
+            requests = self.meter.sample(counts, self.clock())
+            self.metrics_known = counts is not None
+            self.metrics_off = counts is None
         except Exception:
+            self.meter.sample(None, self.clock())
             requests = None
-            self.metrics_known = False
+            self.metrics_known = self.metrics_off = False
         errors = self.errors
         if time.monotonic() - self._errors_at >= ERRORS_EVERY:
             self._errors_at = time.monotonic()
@@ -72,7 +84,7 @@ class Monitor:
             for row in rows:
                 if row.status in ("running", "partial"):
                     try:
-                        lines = self.manager.logs(row.name, errors_only=True, tail=ERROR_LINES)
+                        lines = self.manager.logs(row.name, errors_only=True, tail=ERROR_SCAN)
                         errors[row.name] = [line.rstrip() for line in lines][-ERROR_LINES:]
                     except Exception:
                         continue
@@ -124,7 +136,7 @@ class Monitor:
                 ]
                 out.append(("fg:ansimagenta", sparkline(memory, spark)))
                 out.append(("", f" {human_bytes(row.memory_bytes):>10}\n"))
-            if self.requests is None and self.metrics_known and self.updated:
+            if self.metrics_off and self.updated:
                 out.append(
                     (
                         "fg:ansibrightblack",
@@ -132,8 +144,11 @@ class Monitor:
                         "(global option metrics { per_host })\n",
                     )
                 )
-            if self.requests is not None:
+            if self.metrics_known:
                 out.append(("bold", "\n Requests per second by host\n"))
+            if self.metrics_known and self.requests is None:
+                out.append(("", "   measuring…\n"))
+            if self.requests is not None:
                 if not self.requests:
                     out.append(("", "   none yet\n"))
                 for host, rate in sorted(self.requests.items(), key=lambda kv: -kv[1]):
@@ -147,11 +162,6 @@ class Monitor:
                         out.append(("fg:ansired", f"   {name}: "))
                         out.append(("", f"{line[: max(20, width - len(name) - 6)]}\n"))
         return out
-
-
-def _one_line(exc: Exception) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text if not isinstance(exc, NotImplementedError) else "list: not implemented yet"
 
 
 def run_top(ctx: Context, interval: float = SAMPLE_EVERY) -> None:

@@ -10,16 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from controller.completion_data import CompletionSnapshot
 from controller.errors import UsageError
-from shell.commands import _cpus, _memory, _port_assignment
+from shell import values
 from shell.context import Context
-
-
-def generated_secrets() -> list[str]:
-    """The variables `create` generates per instance (shown masked in the preview)."""
-    from controller.secrets import GENERATED
-
-    return sorted(GENERATED)
 
 
 def run_wizard(ctx: Context) -> dict[str, Any] | None:
@@ -31,10 +25,10 @@ def run_wizard(ctx: Context) -> dict[str, Any] | None:
 
 class _Wizard:
     def __init__(self, ctx: Context) -> None:
-        from shell.completion import Sources
-
         self.ctx = ctx
-        self.sources = Sources(ctx)
+        # Instances, templates, overlays and the secrets each template makes: one controller
+        # call, fresh (the name check must see an instance created a moment ago).
+        self.names: CompletionSnapshot = ctx.manager.completion_snapshot()
 
     def ask(self, message: str, **kwargs: Any) -> str:
         from prompt_toolkit import PromptSession
@@ -52,7 +46,7 @@ class _Wizard:
 
         from controller.names import name_problem
 
-        existing = set(self.sources.instances())
+        existing = set(self.names.instances)
 
         def name_check(text: str) -> str | None:
             problem = name_problem(text)
@@ -60,15 +54,15 @@ class _Wizard:
                 problem = f"an instance named {text} exists already"
             return problem
 
-        self.ctx.print("New instance (Ctrl-C cancels; nothing is written before you confirm).")
-        name = self.ask("name: ", validator=_validator(name_check), validate_while_typing=True)
-
-        templates = self.sources.templates()
-        if not templates:
+        templates = self.names.template_names()
+        default = self.names.default_template
+        if not templates or default is None:
             raise UsageError(
                 "no template yet: run 'template fetch' or 'template import PATH' first"
             )
-        default = templates[-1]
+        self.ctx.print("New instance (Ctrl-C cancels; nothing is written before you confirm).")
+        name = self.ask("name: ", validator=_validator(name_check), validate_while_typing=True)
+
         template = (
             self.ask(
                 f"template [{default}]: ",
@@ -80,7 +74,7 @@ class _Wizard:
             or default
         )
 
-        available = self.ctx.manager.overlay_names(template)
+        available = self.names.overlays(template)
         overlays = self.ask(
             f"overlays ({' '.join(available)}; empty for none): ",
             completer=WordCompleter(available),
@@ -95,14 +89,15 @@ class _Wizard:
                 "host ports, SERVICE=PORT ... (empty: allocated automatically): ",
                 validator=_validator(_ports_problem),
             )
-            ports = dict(_port_assignment(item) for item in text.split())
+            ports = values.port_map(text.split())
             cpus_text = self.ask(
-                "CPU limit per service (empty: none): ", validator=_validator(_problem_of(_cpus))
+                "CPU limit per service (empty: none): ",
+                validator=_validator(_problem_of(values.cpus)),
             )
-            cpus = _cpus(cpus_text) if cpus_text else None
+            cpus = values.cpus(cpus_text) if cpus_text else None
             memory_text = self.ask(
                 "memory limit per service, e.g. 2g (empty: none): ",
-                validator=_validator(_problem_of(_memory)),
+                validator=_validator(_problem_of(values.memory)),
             )
             memory = memory_text or None
         start = self.yes("start it once created?", True)
@@ -142,29 +137,11 @@ class _Wizard:
             lines.append(f"  limits     cpus {cpus or '-'}, memory {memory or '-'} per service")
         lines.append(f"  start      {'yes' if start else 'no (--no-start)'}")
         lines.append("  secrets generated for this instance:")
-        from shell.history import is_secret
-
-        keys = [key for key in generated_secrets() if is_secret(key)]
-        in_template = _template_keys(settings.template_dir(template))
-        if in_template:
-            keys = [key for key in keys if key in in_template]
+        keys = self.names.generated_secrets(template)
         width = max([len(key) for key in keys] + [10])
         lines += [f"    {key:<{width}}  ******** (new, random)" for key in keys]
         lines.append("")
         self.ctx.print("\n".join(lines))
-
-
-def _template_keys(folder) -> set[str]:
-    """The variables of the template's .env.example (empty when it cannot be read)."""
-    try:
-        text = (folder / ".env.example").read_text()
-    except OSError:
-        return set()
-    return {
-        line.split("=", 1)[0].strip()
-        for line in text.splitlines()
-        if "=" in line and not line.lstrip().startswith("#")
-    }
 
 
 def _validator(check):
@@ -189,9 +166,7 @@ def _overlay_problem(text: str, available: list[str]) -> str | None:
 
 
 def _ports_problem(text: str) -> str | None:
-    return next(
-        (p for p in (_problem_of(_port_assignment)(item) for item in text.split()) if p), None
-    )
+    return _problem_of(lambda t: values.port_map(t.split()))(text)
 
 
 def _problem_of(convert):

@@ -242,8 +242,9 @@ def test_docker_down_is_one_line_and_changes_nothing(world):
     proc = world.run("create", "nodock", "--template", "v0.8.2", check=False)
     assert proc.returncode == 1
     assert len(proc.stderr.strip().splitlines()) == 1
-    assert "Docker" in proc.stderr
+    assert "Docker" in proc.stderr and "no-docker.sock" in proc.stderr
     assert "nodock" not in json.dumps(world.state() if (world.root / "state.json").exists() else {})
+    assert not (world.root / "locks" / "nodock.lock").exists()
     assert not (world.root / "instances" / "nodock").exists()
 
 
@@ -269,8 +270,9 @@ def test_env_changes_are_validated_audited_and_name_services(world):
     world.import_template("v0.8.2")
     world.create("envy", "v0.8.2", "--no-start")
     assert world.run("env", "envy", "get", "JWT_EXPIRY").stdout.strip() == "3600"
-    out = world.run("env", "envy", "set", "JWT_EXPIRY=7200").stdout
-    assert "auth" in out  # GOTRUE_JWT_EXP uses it: auth must restart
+    change = world.json("env", "envy", "set", "JWT_EXPIRY=7200")
+    # GOTRUE_JWT_EXP, PGRST_APP_SETTINGS_JWT_EXP and db's JWT_EXP read it: those must restart.
+    assert change["changed"] == ["JWT_EXPIRY"] and change["services"] == ["auth", "db", "rest"]
     assert world.run("env", "envy", "get", "JWT_EXPIRY").stdout.strip() == "7200"
     env_before = (world.root / "instances" / "envy" / ".env").read_text()
     bad = world.run("env", "envy", "set", "JWT_SECRET=short", check=False)
@@ -336,7 +338,7 @@ def test_corrupt_state_stops_every_command(world):
     state_file.write_text('{"schema": 1, "instances": ')
     for args in (["list"], ["create", "other", "--no-start"], ["delete", "solid", "--yes"]):
         proc = world.run(*args, check=False)
-        assert proc.returncode == 1, (args, proc.stderr)
+        assert proc.returncode == 2, (args, proc.stderr)
         assert str(state_file) in proc.stderr and len(proc.stderr.splitlines()) == 1
     assert state_file.read_text() == '{"schema": 1, "instances": '
     assert not (world.root / "instances" / "other").exists()
@@ -358,7 +360,10 @@ def test_missing_compose_plugin_is_one_line(world, tmp_path):
     world.env["PATH"] = f"{fake}:{world.env['PATH']}"
     proc = world.run("create", "plugless", check=False)
     assert proc.returncode == 1
-    assert "compose" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert proc.stderr == (
+        "supabase-manager: the docker compose v2 plugin is missing: "
+        "`docker compose version` fails\n"
+    )
     assert not (world.root / "instances" / "plugless").exists()
 
 
@@ -408,7 +413,9 @@ def test_one_command_at_a_time_per_instance(world):
             ["delete", "solo"],
         ):
             proc = world.run(*args, "--yes" if args[0] == "delete" else "--json", check=False)
-            assert proc.returncode == 1 and "busy" in proc.stderr, (args, proc.stderr)
+            assert proc.returncode == 1, (args, proc.stderr)
+            busy = "solo is busy: another supabase-manager command is working on it"
+            assert proc.stderr == f"supabase-manager: {busy}\n"
     assert "solo" in world.state()["instances"]
     world.run("env", "solo", "set", "JWT_EXPIRY=60")  # free again
 
@@ -455,3 +462,67 @@ def test_logs_follow_streams_until_interrupted(world):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 130 and "Traceback" not in err
+
+
+def _dotenv(world, name: str) -> dict[str, str]:
+    from controller.envfile import EnvFile
+
+    return EnvFile.parse((world.root / "instances" / name / ".env").read_text()).as_dict()
+
+
+def _statuses(world) -> dict[str, str]:
+    return {row["name"]: row["status"] for row in world.json("list")}
+
+
+def test_start_all_brings_back_what_should_run_and_show_connects(world, docker_client):
+    world.import_template("v0.8.2")
+    world.create("idle", "v0.8.2", "--no-start")
+    world.create("busy", "v0.8.2")
+    # Never started is "stopped" (nothing is missing), running is "running".
+    assert _statuses(world) == {"idle": "stopped", "busy": "running"}
+
+    # A reboot: every container stopped behind our back.
+    project = {"label": "com.docker.compose.project=busy"}
+    for container in docker_client.containers.list(filters=project):
+        container.stop(timeout=5)
+    assert _statuses(world)["busy"] == "stopped"
+    down = world.run("check", check=False)
+    assert down.returncode == 1
+    assert any(line.startswith("busy: ") for line in down.stdout.splitlines()), down.stdout
+    assert not any(line.startswith("idle: ") for line in down.stdout.splitlines()), down.stdout
+
+    assert world.run("start", "--all").stdout == "started busy\n"  # idle was never asked to run
+    assert _statuses(world) == {"idle": "stopped", "busy": "running"}
+    assert "of busy" in _body(world.gateway_port("busy"))
+    assert _docker_names(docker_client, "containers", "idle") == []
+    up = world.run("check", check=False)
+    assert not any(line.startswith("busy: ") for line in up.stdout.splitlines()), up.stdout
+
+    # show: the connection strings a user copies, with the real password only when asked.
+    values = _dotenv(world, "busy")
+    password, tenant, db = values["POSTGRES_PASSWORD"], values["POOLER_TENANT_ID"], "postgres"
+    ports = world.state()["instances"]["busy"]["ports"]
+    shown = world.json("show", "busy", "--show-secrets")["connections"]
+    assert shown == {
+        "direct": f"postgres://postgres:{password}@db:5432/{db} (inside the instance network)",
+        "pooler (session)": (
+            f"postgres://postgres.{tenant}:{password}@127.0.0.1:{ports['supavisor:5432']}/{db}"
+        ),
+        "pooler (transaction)": (
+            f"postgres://postgres.{tenant}:{password}@127.0.0.1:{ports['supavisor:6543']}/{db}"
+        ),
+    }
+    masked = world.json("show", "busy")["connections"]
+    assert masked["direct"] == shown["direct"].replace(password, "********")
+    assert password not in json.dumps(masked)
+    # The direct string works: the real PostgreSQL answers with it inside the network.
+    url = shown["direct"].split(" ", 1)[0]
+    answer = subprocess.run(
+        ["docker", "exec", "busy-db", "psql", url, "-tAc", "select current_user"],
+        capture_output=True,
+        text=True,
+    )
+    assert answer.returncode == 0 and answer.stdout.strip() == "postgres", answer.stderr
+
+    world.run("delete", "busy", "--purge", "--yes")
+    world.run("delete", "idle", "--purge", "--yes")

@@ -16,22 +16,26 @@ from pathlib import Path
 import pytest
 
 from controller import ports as port_alloc
+from controller.composeyaml import load_yaml
 from controller.config import Settings
-from controller.envfile import EnvFile, check_text
+from controller.envfile import EnvFile
+from controller.envpolicy import check_text
 from controller.errors import OperationError, UsageError
+from controller.ownership import root_id
 from controller.render import (
     INSTANCE_LABEL,
+    ROOT_LABEL,
     compose_files,
     demo_values,
-    host_port_variables,
-    managed_keys,
-    needed_ports,
-    project_name,
     render_instance,
-    role_port_key,
 )
 from controller.state import InstanceRecord
-from controller.templatefiles import TemplateFiles, load_yaml
+from controller.templatefiles import (
+    TemplateFiles,
+    host_port_variables,
+    needed_ports,
+    role_port_key,
+)
 from tests.world.templates import fixtures_dir
 
 FIXTURES = fixtures_dir()
@@ -111,7 +115,7 @@ def _check_instance(settings, template, record, folder, config):
     overlays = record.overlays
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert stat.S_IMODE((folder / ".env").stat().st_mode) == 0o600
-    assert config["name"] == project_name(record) == name
+    assert config["name"] == name
 
     # .env: every .env.example key, in order, values checked; nothing demo.
     example = EnvFile.parse(template.env_example())
@@ -155,8 +159,12 @@ def _check_instance(settings, template, record, folder, config):
 
     # Services: own container names, upstream name as alias, label, loopback ports.
     services = template.services(overlays)
+    owner = {INSTANCE_LABEL: name, ROOT_LABEL: root_id(settings.root)}
+    for section in ("networks", "volumes"):
+        for key, body in config.get(section, {}).items():
+            assert body["labels"] == owner, (section, key)
     for service, body in config["services"].items():
-        assert body["labels"][INSTANCE_LABEL] == name
+        assert {k: body["labels"][k] for k in owner} == owner, service
         assert body["container_name"].startswith(name + "-")
         upstream = services[service].container_name if service in services else None
         if upstream:
@@ -173,7 +181,7 @@ def _check_instance(settings, template, record, folder, config):
         aliases = config["services"]["api-gw"]["networks"]["default"]["aliases"]
         assert {"kong", "envoy"} <= set(aliases)  # upstream's own aliases kept
     studio = template.role("studio", overlays)
-    assert any(p["target"] == 3000 for p in config["services"][studio]["ports"])
+    assert not config["services"][studio].get("ports")  # only through the gateway's auth
     if "mail" in overlays:
         assert config["services"]["mail"]["ports"][0]["target"] == 8025
 
@@ -243,7 +251,8 @@ def test_extra_compose_files_are_copied_and_kept(tmp_path):
     settings = _settings(tmp_path)
     extra = tmp_path / "standin.yml"
     extra.write_text(
-        "services:\n  db:\n    image: local/postgres:15\n  sidecar:\n    image: busybox\n"
+        "services:\n  db:\n    image: local/postgres:15\n    ports: ['5433:5432']\n"
+        "  sidecar:\n    image: busybox\n    ports: ['0.0.0.0:8080:80', '9090:90/udp', '91']\n"
     )
     needed = needed_ports(template, [])
     record = InstanceRecord(
@@ -252,21 +261,56 @@ def test_extra_compose_files_are_copied_and_kept(tmp_path):
         ports=port_alloc.allocate(needed, {}, set(), settings.port_range),
     )
     folder = render_instance(settings, record, template, [extra])
-    assert (folder / "extra-1.yml").read_text() == extra.read_text()
+    copy = folder / "extra-1.yml"
+    assert copy.read_text() == extra.read_text()
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+    # The override comes last, so an extra file cannot undo what it sets.
     assert (
         EnvFile.parse((folder / ".env").read_text())
         .get("COMPOSE_FILE")
-        .endswith("docker-compose.override.yml:extra-1.yml")
+        .endswith("extra-1.yml:docker-compose.override.yml")
     )
     render_instance(settings, record, template)  # no sources: the copy stays
     config = _config(folder)
     assert config["services"]["db"]["image"] == "local/postgres:15"
     assert config["services"]["sidecar"]["container_name"] == "ex-sidecar"
     assert config["services"]["sidecar"]["labels"][INSTANCE_LABEL] == "ex"
+    published = {
+        (name, p["target"]): (p.get("host_ip"), p.get("published"), p["protocol"])
+        for name, body in config["services"].items()
+        for p in body.get("ports", [])
+    }
+    assert all(host_ip == "127.0.0.1" for host_ip, _, _ in published.values()), published
+    assert published[("sidecar", 80)] == ("127.0.0.1", "8080", "tcp")
+    assert published[("sidecar", 90)] == ("127.0.0.1", "9090", "udp")
+    assert published[("sidecar", 91)][0] == "127.0.0.1"
+    assert published[("db", 5432)] == ("127.0.0.1", "5433", "tcp")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- just a list\n", "not a compose file"),
+        ("root: x\nbin: y\n", "not a compose file"),  # a mapping, but no compose document
+        ("services: [a, b]\n", "not a compose file"),
+        ("services:\n  db:\n    image: [\n", "not valid YAML"),
+        ("services:\n  db:\n    ports: ['not a port']\n", "refused by compose"),
+        ("services:\n  spy:\n    image: busybox\n    network_mode: host\n", "host network"),
+    ],
+)
+def test_bad_extra_compose_files_are_refused_before_writing(tmp_path, text, message):
+    template = TemplateFiles(FIXTURES / "v0.8.2")
+    settings = _settings(tmp_path)
     bad = tmp_path / "bad.yml"
-    bad.write_text("- just a list\n")
-    with pytest.raises(UsageError, match="not a compose file"):
+    bad.write_text(text)
+    record = InstanceRecord(
+        name="ex",
+        template="v0.8.2",
+        ports=port_alloc.allocate(needed_ports(template, []), {}, set(), settings.port_range),
+    )
+    with pytest.raises(UsageError, match=message):
         render_instance(settings, record, template, [bad])
+    assert not settings.instance_dir("ex").exists()
 
 
 def test_needed_ports_and_port_variables():
@@ -275,34 +319,24 @@ def test_needed_ports_and_port_variables():
         "api-gw:8000",
         "supavisor:5432",
         "supavisor:6543",
-        "studio:3000",
     ]
     assert needed_ports(new, ["kong", "mail"]) == [
         "api-gw:8000",
         "api-gw:8443",
         "supavisor:5432",
         "supavisor:6543",
-        "studio:3000",
         "mail:8025",
     ]
     variables = host_port_variables(new, ["kong"])
+    # KONG_HTTP_PORT is only the fallback of API_GW_HTTP_PORT: compose-go never reads it here.
     assert variables == {
         "API_GW_HTTP_PORT": "api-gw:8000",
-        "KONG_HTTP_PORT": "api-gw:8000",
         "KONG_HTTPS_PORT": "api-gw:8443",
         "POOLER_PROXY_PORT_TRANSACTION": "supavisor:6543",
     }
     assert "POSTGRES_PORT" not in variables  # also Postgres's port inside the network
-    assert managed_keys(new, ["mail"]) >= {
-        "COMPOSE_FILE",
-        "COMPOSE_PROJECT_NAME",
-        "API_GW_HTTP_PORT",
-        "SMTP_HOST",
-        "SMTP_PORT",
-    }
-    assert "POSTGRES_PORT" not in managed_keys(new, ["mail"])
     assert role_port_key(new, ["mail"], "gateway") == "api-gw:8000"
-    assert role_port_key(new, ["mail"], "studio") == "studio:3000"
+    assert role_port_key(new, ["mail"], "studio") is None  # Studio: through the gateway
     assert role_port_key(new, ["mail"], "mail") == "mail:8025"
     assert role_port_key(new, [], "pooler") == "supavisor:5432"
     assert role_port_key(new, [], "mail") is None
@@ -310,12 +344,11 @@ def test_needed_ports_and_port_variables():
     old = TemplateFiles(FIXTURES / "2025-07-15")
     assert role_port_key(old, [], "gateway") == "kong:8000"
     assert needed_ports(old, []) == [
+        "analytics:4000",
         "kong:8000",
         "kong:8443",
-        "analytics:4000",
         "supavisor:5432",
         "supavisor:6543",
-        "studio:3000",
     ]
 
 

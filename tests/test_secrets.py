@@ -7,13 +7,13 @@ import jwt
 import pytest
 from jwt.algorithms import ECAlgorithm
 
+from controller.envpolicy import is_secret
 from controller.secrets import (
     FIVE_YEARS,
     GENERATED,
     NEW_STYLE_KEYS,
     check_secret,
     generate_secrets,
-    is_secret,
     verify_with_jwks,
 )
 

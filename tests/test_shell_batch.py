@@ -126,24 +126,6 @@ def test_manager_error_is_one_line_without_traceback(tmp_path):
     assert result.stderr == "supabase-manager: no instance named 'nosuch'\n"
 
 
-def test_corrupt_state_is_one_line(tmp_path):
-    (tmp_path / "state.json").write_text("{not json")
-    result = sm(tmp_path, "list", "--json")
-    assert result.returncode == 1
-    assert len(result.stderr.splitlines()) == 1 and "state.json" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_help_lists_every_command(tmp_path):
-    from shell.commands import table_for
-    from shell.context import ARGV
-
-    result = sm(tmp_path, "help")
-    assert result.returncode == 0
-    for command in table_for(ARGV):
-        assert command.usage() in result.stdout
-
-
 def test_json_output_and_no_escape_codes(tmp_path):
     result = sm(tmp_path, "template", "list", "--json")
     assert result.returncode == 0 and json.loads(result.stdout) == []
@@ -158,11 +140,22 @@ def test_version(tmp_path):
     assert result.returncode == 0 and result.stdout.startswith("supabase-manager ")
 
 
+@pytest.mark.docker
 def test_cheap_commands_do_not_import_heavy_modules(tmp_path):
+    """`list --json --no-stats` with instances in state asks the Docker engine (no container of
+    theirs exists: both are `missing`), and loads none of the heavy libraries to do it."""
+    from controller.config import load_settings
+    from controller.state import READY, InstanceRecord, StateStore
+
+    settings = load_settings(tmp_path)
+    with StateStore(settings.state_path, settings.lock_path).transaction() as state:
+        for name in ("cheap-one", "cheap-two"):
+            state.instances[name] = InstanceRecord(name=name, template="v0.8.2", phase=READY)
     code = (
-        "import sys; from shell.cli import main; rc = main(['--root', sys.argv[1], 'list', "
+        "import sys, json; from shell.cli import main; rc = main(['--root', sys.argv[1], 'list', "
         "'--json', '--no-stats']); heavy = [m for m in ('prompt_toolkit', 'docker', "
-        "'python_on_whales', 'httpx') if m in sys.modules]; print(heavy); sys.exit(rc)"
+        "'python_on_whales', 'httpx', 'yaml', 'jwt', 'cryptography') if m in sys.modules]; "
+        "print(json.dumps(heavy)); sys.exit(rc)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path)],
@@ -171,8 +164,14 @@ def test_cheap_commands_do_not_import_heavy_modules(tmp_path):
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == "[]"
+    assert result.returncode == 0, result.stderr  # Docker answered
+    listed, heavy = result.stdout.rsplit("\n", 2)[0], result.stdout.splitlines()[-1]
+    rows = json.loads(listed)
+    assert [(r["name"], r["status"]) for r in rows] == [
+        ("cheap-one", "missing"),
+        ("cheap-two", "missing"),
+    ]
+    assert json.loads(heavy) == []
 
 
 # --- with Docker: a script that creates, lists and deletes instances ------------------------------
@@ -216,3 +215,78 @@ def test_script_file_that_is_not_utf8_fails_cleanly(tmp_path):
     proc = sm(tmp_path, "-f", str(script))
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "line 3" in proc.stderr
+
+
+# --- a real instance folder (rendered by `create --no-start`): env set from stdin, env edit -------
+@pytest.fixture(scope="module")
+def instance_root(tmp_path_factory):
+    if not _docker_answers():
+        pytest.fail("Docker does not answer: run scripts/provision", pytrace=False)
+    root = tmp_path_factory.mktemp("env-root")
+    script = f"template import {FIXTURE} --name v082\ncreate envy --no-start\n"
+    result = sm(root, stdin=script, env={"SUPABASE_MANAGER_CADDY_ADMIN": "http://127.0.0.1:9"})
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def _env_file(root) -> Path:
+    return root / "instances" / "envy" / ".env"
+
+
+def _value(root, key):
+    lines = _env_file(root).read_text().splitlines()
+    return next(line.split("=", 1)[1] for line in lines if line.startswith(f"{key}="))
+
+
+@pytest.mark.docker
+def test_env_set_with_a_key_alone_reads_the_value_from_stdin(instance_root):
+    result = sm(instance_root, "env", "envy", "set", "SMTP_PASS", stdin="from-stdin-9x\n")
+    assert result.returncode == 0, result.stderr
+    assert _value(instance_root, "SMTP_PASS") == "from-stdin-9x"  # the newline is not kept
+    assert "from-stdin-9x" not in result.stdout + result.stderr
+    assert "from-stdin-9x" not in (instance_root / "audit.log").read_text()
+    # in a script read from stdin there is no stdin left to read it from: refused, unchanged
+    before = _env_file(instance_root).read_bytes()
+    result = sm(instance_root, stdin="env envy set SMTP_PASS\nenvy-next-line\n")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "supabase-manager: line 1: no value: stdin holds this script; give KEY=VALUE, or run "
+        "the command alone with the value on its stdin"
+    ]
+    assert _env_file(instance_root).read_bytes() == before
+
+
+EDIT_SCRIPT = """
+sed -i -e 's|^SITE_URL=.*|SITE_URL=http://edited.example:3000|' "$1"
+[ -n "$BREAK_IT" ] && echo 'NOT A VALID LINE' >> "$1"
+exit 0
+"""
+
+
+@pytest.mark.docker
+def test_env_edit_end_to_end(instance_root, tmp_path):
+    editor = tmp_path / "editor.sh"
+    editor.write_text(EDIT_SCRIPT)
+    env = {"EDITOR": f"sh {editor}", "VISUAL": ""}
+    before = _env_file(instance_root).read_text()
+    # a broken edit: the problem is named, nobody can answer "edit again?", .env is unchanged
+    broken = sm(instance_root, "env", "envy", "edit", env={**env, "BREAK_IT": "1"})
+    assert broken.returncode == 2
+    lines = broken.stderr.splitlines()
+    assert lines[0] == "the edited .env of envy has problems:"
+    assert lines[1].startswith(f"  line {len(before.splitlines()) + 1}: ")  # the added line
+    assert lines[2:] == ["supabase-manager: change dropped: .env of envy is unchanged"]
+    assert _env_file(instance_root).read_text() == before
+    # a good edit is saved: the one line changed, every other line kept, mode still 0600
+    result = sm(instance_root, "env", "envy", "edit", env=env)
+    assert result.returncode == 0, result.stderr
+    after = _env_file(instance_root).read_text()
+    assert len(after.splitlines()) == len(before.splitlines())
+    pairs = zip(before.splitlines(), after.splitlines(), strict=True)
+    changed = [(a, b) for a, b in pairs if a != b]
+    assert [b for _, b in changed] == ["SITE_URL=http://edited.example:3000"]
+    assert _env_file(instance_root).stat().st_mode & 0o777 == 0o600
+    assert result.stdout.splitlines()[0] == "changed: SITE_URL"
+    assert "run: supabase-manager restart envy " in result.stdout
+    got = sm(instance_root, "env", "envy", "get", "SITE_URL")
+    assert got.stdout == "http://edited.example:3000\n"

@@ -1,6 +1,11 @@
 """The interactive shell through prompt_toolkit's pipe input and DummyOutput: the REPL loop, Ctrl-C
-and Ctrl-D, the create wizard, the restart offer after an env change, history redaction through
-the session, and `top` leaving on `q`. A stand-in Manager records what it is asked."""
+and Ctrl-D, the create wizard, the restart offer after an env change, a value asked for instead of
+typed on the line, history redaction through the session, names refreshed in the background, and
+`top` (its rates, its errors, leaving on `q`).
+
+A stand-in Manager records what it is asked: it stands for the controller's facade, whose own
+behaviour the controller's tests cover; the one `top` test that needs Docker uses the real one.
+"""
 
 import io
 import json
@@ -13,11 +18,13 @@ from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
+from controller.completion_data import CompletionSnapshot, InstanceNames, TemplateNames
 from controller.config import load_settings
 from controller.errors import UsageError
 from controller.views import EnvChange, InstanceSummary
 from shell.context import REPL, Context
-from shell.repl import Repl, StatusCache
+from shell.repl import Repl
+from shell.toolbar import StatusCache
 from shell.top import Monitor, run_top, sparkline
 
 ENTER = "\r"
@@ -30,23 +37,23 @@ TAB = "\t"
 class FakeManager:
     def __init__(self, root):
         self.settings = load_settings(root)
+        self.instances = ["alpha", "beta"]
         self.calls = []
         self.log_closed = False
 
-    def instance_names(self):
-        return ["alpha", "beta"]
-
-    def template_names(self):
-        return ["v0.8.2"]
-
-    def overlay_names(self, template=None):
-        return ["kong", "logs", "mail", "s3"]
-
-    def service_names(self, name):
-        return ["db", "kong", "studio"]
-
-    def env_keys(self, name):
-        return ["JWT_SECRET", "SITE_URL"]
+    def completion_snapshot(self):
+        self.calls.append(("completion_snapshot",))
+        instance = InstanceNames("v0.8.2", ("db", "kong", "studio"), ("JWT_SECRET", "SITE_URL"))
+        template = TemplateNames(
+            overlays=("kong", "logs", "mail", "s3"),
+            port_services=("kong", "studio"),
+            generated_secrets=("JWT_SECRET", "POSTGRES_PASSWORD"),
+        )
+        return CompletionSnapshot(
+            {name: instance for name in self.instances},
+            {"v0.8.2": template, "v0.7.0": TemplateNames()},
+            default_template="v0.8.2",
+        )
 
     def health(self):
         return {"docker": True, "caddy": False}
@@ -88,10 +95,10 @@ class FakeManager:
     def env_text(self, name):
         return "# the env\nSITE_URL=http://old\n"
 
-    def env_check(self, name, text):
+    def env_check(self, name, text, original=None):
         return ["line 3: 'BAD LINE' is not KEY=VALUE"] if "BAD" in text else []
 
-    def env_replace(self, name, text):
+    def env_replace(self, name, text, original=None):
         self.calls.append(("env_replace", name, text))
         return EnvChange(changed=["SITE_URL"], services=["auth"])
 
@@ -211,16 +218,45 @@ def test_wizard_collects_everything_then_creates(manager):
             "progress": creates[0]["progress"],
         }
     ]
-    # the preview: URLs and the secrets to be generated, masked
+    # the preview: URLs and the secrets the controller says this template generates, masked
     assert "https://new-one.localhost" in out and "https://new-one-studio.localhost" in out
-    assert "JWT_SECRET" in out and "********" in out
+    preview = out[out.index("secrets generated") :].splitlines()[1:3]
+    assert [line.split() for line in preview] == [
+        ["JWT_SECRET", "********", "(new,", "random)"],
+        ["POSTGRES_PASSWORD", "********", "(new,", "random)"],
+    ]
     assert "created new-one" in out
+    # names, templates, overlays and secrets came from one controller call
+    assert [c for c in manager.calls if c[0] == "completion_snapshot"][:1] == [
+        ("completion_snapshot",)
+    ]
 
 
 def test_wizard_refuses_an_existing_name(manager):
-    keys = "create" + ENTER + "alpha" + ENTER + CTRL_C + CTRL_D
+    """ "alpha" exists: Enter is refused and the name prompt stays, so the same keys then give
+    the name a second try; the instance is created under that one."""
+    keys = (
+        "create" + ENTER
+        + "alpha" + ENTER  # refused: an instance named alpha exists
+        + BACKSPACE * 5 + "gamma" + ENTER
+        + ENTER  # default template
+        + ENTER  # no overlay
+        + "n" + ENTER  # no advanced settings
+        + ENTER  # start: yes
+        + "y" + ENTER  # confirm
+        + CTRL_C + CTRL_D  # (Ctrl-C ends a wizard still open, as it is with the check broken)
+    )  # fmt: skip
     run_repl(manager, keys)
-    assert not [c for c in manager.calls if c[0] == "create"]
+    assert [c[1]["name"] for c in manager.calls if c[0] == "create"] == ["gamma"]
+
+
+def test_wizard_without_a_template_says_so_before_asking_anything(manager):
+    manager.completion_snapshot = lambda: CompletionSnapshot({}, {}, None)
+    _, out, err = run_repl(manager, "create" + ENTER + "help" + ENTER + CTRL_D)
+    assert err.splitlines() == [
+        "supabase-manager: no template yet: run 'template fetch' or 'template import PATH' first"
+    ]
+    assert "New instance" not in out and "Commands:" in out  # the next line ran normally
 
 
 def test_wizard_cancel_at_confirm_writes_nothing(manager, tmp_path):
@@ -272,14 +308,39 @@ def test_sparkline():
 
 
 def test_monitor_samples_and_renders(manager):
-    manager.requests_per_host = lambda: {"alpha.x": 2.5}
-    monitor = Monitor(manager)
+    """Rates come from two samples of Caddy's counters over the time between them."""
+    counts = iter([{"alpha.x": 10.0}, {"alpha.x": 25.0}])
+    times = iter([100.0, 106.0])
+    manager.request_counts = lambda: next(counts)
+    monitor = Monitor(manager, clock=lambda: next(times))
     monitor.sample()
+    text = "".join(fragment for _, fragment in monitor.render(120))
+    assert "measuring" in text and "/s" not in text  # one sample is no rate
     monitor.sample()
     text = "".join(fragment for _, fragment in monitor.render(120))
     assert "alpha" in text and "12.5%" in text and "1.0 MiB" in text
-    assert "alpha.x" in text and "2.50/s" in text
-    assert "ERROR: something broke" in text
+    assert "alpha.x" in text and "2.50/s" in text  # (25 - 10) / 6 s
+
+
+def test_top_finds_an_error_among_many_other_lines(manager):
+    """The controller filters a long tail: an error followed by ordinary lines is still shown."""
+    lines = [f"db | ordinary line {i}" for i in range(40)]
+    lines.insert(20, "db | FATAL: the one error")
+    asked = []
+
+    def logs(name, services=None, follow=False, tail=None, errors_only=False):
+        asked.append(tail)
+        shown = lines[-tail:] if tail else lines
+        return iter([line for line in shown if not errors_only or "FATAL" in line])
+
+    manager.logs = logs
+    manager.request_counts = lambda: None
+    monitor = Monitor(manager)
+    monitor.sample()
+    text = "".join(fragment for _, fragment in monitor.render(120))
+    assert "alpha: " in text and "db | FATAL: the one error" in text
+    assert "ordinary line" not in text
+    assert "no per-host metrics" in text
 
 
 def test_top_leaves_on_q(manager):
@@ -430,7 +491,82 @@ def test_list_renders_a_dashboard_and_json(manager):
     assert [row["name"] for row in json.loads(out)] == ["alpha", "beta"]
 
 
-def test_start_all_uses_the_manager(manager):
+def test_start_all_prints_each_instance_the_manager_started(manager):
+    # Rendering only: the real start --all is tested on Docker in test_lifecycle.
     manager.start_all = lambda progress: ["alpha"]
     status, out, _ = run_argv(manager, ["start", "--all"])
     assert status == 0 and out == "started alpha\n"
+
+
+# --- a value kept off the command line, names refreshed after a command ---------------------------
+def test_env_set_with_a_key_alone_asks_for_the_value(manager, tmp_path):
+    from shell.history import make_history
+
+    path = tmp_path / "history"
+    keys = "env alpha set SMTP_PASS" + ENTER + "pa55-typed-hidden" + ENTER + "n" + ENTER + CTRL_D
+    _, out, err = run_repl(manager, keys, history=make_history(path))
+    assert ("env_set", "alpha", {"SMTP_PASS": "pa55-typed-hidden"}) in manager.calls
+    assert "pa55-typed-hidden" not in path.read_text() + out + err
+    assert "env alpha set SMTP_PASS" in path.read_text()
+
+
+def test_names_are_refreshed_in_the_background_after_each_command(manager):
+    def create(**kwargs):
+        manager.instances.append(kwargs["name"])
+        return []
+
+    manager.create = create
+    with create_pipe_input() as pipe:
+        ctx = Context(mode=REPL, out=io.StringIO(), err=io.StringIO(), manager=manager)
+        repl = Repl(ctx, pipe, DummyOutput(), InMemoryHistory(), toolbar=False)
+        repl.refresh_names()
+        assert repl.refresher.wait(10)
+        before = repl.completer
+        assert [c.text for c in before.complete("show ")] == ["alpha", "beta"]
+        assert repl.run_line("create zeta --no-start") == 0
+        assert repl.refresher.wait(10)
+    assert repl.completer is not before  # swapped whole, the old one untouched
+    assert [c.text for c in before.complete("show ")] == ["alpha", "beta"]
+    assert [c.text for c in repl.completer.complete("show ")] == ["alpha", "beta", "zeta"]
+
+
+def test_a_tab_typed_before_the_first_names_arrive_waits_for_them(manager):
+    """The first snapshot takes a moment: a Tab in the shell's first moments still completes."""
+    snapshot = manager.completion_snapshot
+
+    def slow():
+        time.sleep(0.3)
+        return snapshot()
+
+    manager.completion_snapshot = slow
+    _, _, err = run_repl(manager, "show al" + TAB + ENTER + CTRL_D)
+    assert "no instance named 'alpha'" in err
+
+
+@pytest.mark.docker
+def test_top_refresh_does_not_walk_instance_folders_every_time(tmp_path, monkeypatch):
+    """With the real Manager (Docker answers; no container of these instances exists): the
+    first sample measures each folder once, later ones use the cached disk figures."""
+    import controller.diskcache
+    from controller.manager import Manager
+    from controller.state import READY, InstanceRecord, StateStore
+
+    settings = load_settings(tmp_path)
+    with StateStore(settings.state_path, settings.lock_path).transaction() as state:
+        for name in ("walk-one", "walk-two"):
+            state.instances[name] = InstanceRecord(name=name, template="v0.8.2", phase=READY)
+            folder = settings.instance_dir(name) / "volumes" / "db" / "data"
+            folder.mkdir(parents=True)
+            (folder / "PG_VERSION").write_text("17\n")
+    walked = []
+    real = controller.diskcache.folder_size
+    monkeypatch.setattr(
+        controller.diskcache, "folder_size", lambda path: walked.append(path) or real(path)
+    )
+    monitor = Monitor(Manager(settings))
+    monitor.sample()
+    assert monitor.problem is None and [r.name for r in monitor.rows] == ["walk-one", "walk-two"]
+    assert sorted(p.name for p in walked) == ["walk-one", "walk-two"]
+    for _ in range(3):
+        monitor.sample()
+    assert len(walked) == 2

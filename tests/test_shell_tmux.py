@@ -16,6 +16,7 @@ import pytest
 
 from controller.config import load_settings
 from controller.state import READY, InstanceRecord, StateStore
+from tests.world.templates import fixtures_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -125,14 +126,74 @@ def test_toolbar_shows_counts_and_health(term):
 
 
 def test_history_is_written_without_secret_values(term, tmp_path):
-    term.keys("env nosuch set JWT_SECRET=hunter2hunter2 SITE_URL=http://x", "Enter")
-    term.wait(lambda s: "nosuch" in s.split("supabase> env")[-1])
+    """Typed in a real terminal: a mistyped command and a malformed line are stored too, and
+    without their secret values."""
+    term.keys("sett alpha JWT_SECRET=hunter2hunter2 SITE_URL=http://x", "Enter")
+    term.wait(lambda s: "unknown command 'sett'" in s)
+    term.keys("env alpha set SMTP_PASS= 'hunter3'hunter3", "Enter")
+    term.wait(lambda s: "single KEY alone" in s)  # refused: not asked for a "key" hunter3..
     term.keys("C-d")
     history = tmp_path / "state" / "supabase-manager" / "history"
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not history.exists():
+    while time.monotonic() < deadline and "SMTP_PASS" not in _read(history):
         time.sleep(0.1)
     text = history.read_text()
-    assert "hunter2hunter2" not in text
-    assert "env nosuch set JWT_SECRET= SITE_URL=http://x" in text
+    assert "hunter2" not in text and "hunter3" not in text
+    stored = [line[1:] for line in text.splitlines() if line.startswith("+")]
+    assert stored == ["sett alpha JWT_SECRET= SITE_URL=http://x", "env alpha set SMTP_PASS="]
     assert oct(os.stat(history).st_mode & 0o777) == "0o600"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def test_shell_as_a_plain_command_starts_the_same_shell(tmp_path):
+    tmux = Tmux(tmp_path)
+    env = {"PYTHONPATH": str(REPO), "XDG_STATE_HOME": str(tmp_path / "state"), "TERM": "xterm"}
+    env["SUPABASE_MANAGER_CADDY_ADMIN"] = "http://127.0.0.1:9"
+    try:
+        tmux.start(f"{program()} --root {tmp_path / 'root'} shell", env)
+        tmux.wait(lambda s: "supabase>" in s)
+        tmux.keys("shell", "Enter")
+        tmux.wait(lambda s: "already in the shell" in s)
+        tmux.keys("C-d")
+    finally:
+        tmux.kill()
+
+
+@pytest.mark.docker
+def test_env_set_with_a_key_alone_asks_without_echo_on_a_terminal(tmp_path):
+    """A plain command on a real terminal: the value typed at the prompt never shows on screen."""
+    fixture = fixtures_dir() / "v0.8.2"
+    root = tmp_path / "root"
+    env = {
+        "PYTHONPATH": str(REPO),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+        "TERM": "xterm",
+        "SUPABASE_MANAGER_CADDY_ADMIN": "http://127.0.0.1:9",
+    }
+    script = f"template import {fixture} --name v082\ncreate tty --no-start\n"
+    made = subprocess.run(
+        [*program().split(), "--root", str(root)],
+        input=script,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    tmux = Tmux(tmp_path)
+    try:
+        tmux.start(f"sh -c '{program()} --root {root} env tty set SMTP_PASS; sleep 30'", env)
+        tmux.wait(lambda s: "value (not shown):" in s)
+        tmux.keys("tty-typed-s3cret", "Enter")
+        screen = tmux.wait(lambda s: "changed: SMTP_PASS" in s, 30)
+        assert "tty-typed-s3cret" not in screen
+    finally:
+        tmux.kill()
+    env_text = (root / "instances" / "tty" / ".env").read_text()
+    assert "SMTP_PASS=tty-typed-s3cret" in env_text.splitlines()

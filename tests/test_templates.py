@@ -123,7 +123,7 @@ def test_import_refuses_bad_input(tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(NEW, broken)
     (broken / "docker-compose.yml").write_text("services: [\n")
-    with pytest.raises(UsageError, match="not valid YAML"):
+    with pytest.raises(UsageError, match=r"not a valid compose template.*yaml"):
         import_template(settings, broken, "broken")
     evil = tmp_path / "evil.tar"
     with tarfile.open(evil, "w") as tar:

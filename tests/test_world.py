@@ -14,6 +14,7 @@ import pytest
 import yaml
 from python_on_whales import DockerClient
 
+from controller.composeyaml import Override, Reset, load_yaml
 from tests.world import (
     BUSYBOX_IMAGE,
     POSTGRES_IMAGE,
@@ -30,7 +31,7 @@ from tests.world import (
     write_loopback_ports_overlay,
     write_standin_overlay,
 )
-from tests.world.standin import ComposeLoader, Override, Reset, is_database
+from tests.world.standin import is_database
 
 
 def unique(prefix: str) -> str:
@@ -204,17 +205,18 @@ def test_caddy_serves_snippets_after_reload(caddy):
 
 
 # -- the stand-in overlay -----------------------------------------------------------------------
-def test_compose_tags_are_read_and_merged():
+def test_services_are_what_compose_go_makes_of_the_files():
     kong = template_fixture("v0.8.2") / "docker-compose.kong.yml"
-    raw = yaml.load(kong.read_text(), Loader=ComposeLoader)
+    raw = load_yaml(kong.read_text())
     assert isinstance(raw["services"]["api-gw"]["ports"], Override)
     base = template_fixture("v0.8.2") / "docker-compose.yml"
     services = load_services([base, kong])
     gateway = services["api-gw"]
     assert gateway["container_name"] == "supabase-kong"
-    assert gateway["ports"] == [
-        "${API_GW_HTTP_PORT:-${KONG_HTTP_PORT:-8000}}:8000/tcp",
-        "${KONG_HTTPS_PORT:-8443}:8443/tcp",
+    # `ports: !override` replaced the base file's list; values interpolated from .env.example.
+    assert [(p["published"], p["target"]) for p in gateway["ports"]] == [
+        ("8000", 8000),
+        ("8443", 8443),
     ]
     assert "ANON_KEY" not in gateway["environment"]  # environment: !override
     assert gateway["networks"]["default"]["aliases"] == ["envoy", "kong"]
@@ -256,7 +258,7 @@ def test_overlay_replaces_run_fields_and_keeps_the_rest(tmp_path):
     overlay = write_standin_overlay(files, tmp_path / "standin.yml")
     text = overlay.read_text()
     assert "!override" in text and "!reset" in text
-    services = yaml.load(text, Loader=ComposeLoader)["services"]
+    services = load_yaml(text)["services"]
     db = services["db"]
     assert db["image"] == POSTGRES_IMAGE
     assert isinstance(db["command"], Reset)

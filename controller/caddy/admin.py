@@ -2,21 +2,20 @@
 (``unix//path/admin.sock``).
 
 Every write to the admin API reloads Caddy's whole config and restarts the admin server, and
-concurrent writes lose changes. ``write_lock`` serializes writers across processes with an flock;
-reads need no lock. Writers read with ``get`` (which returns the ETag), then write with
-``If-Match`` so a change made in between is refused (412, ``Conflict``) instead of lost.
+concurrent writes lose changes: writers hold an flock (see controller.caddy.sync), read with
+``get`` (which returns the ETag), then write with ``If-Match`` so a change made in between is
+refused (412, ``Conflict``) instead of lost.
+
+The client takes an httpx transport, so the same code runs against a real Caddy and against
+``httpx.MockTransport`` in unit tests.
 """
 
-import contextlib
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from controller.errors import CaddyUnavailable, OperationError
-from controller.fsutil import file_lock
 
 # A config load at 1500 sites takes well under a second; a stuck Caddy should not hang a command.
 DEFAULT_TIMEOUT = 30.0
@@ -67,12 +66,18 @@ def _error_text(response: httpx.Response) -> str:
 class AdminClient:
     """One connection pool to one Caddy admin endpoint. Use as a context manager."""
 
-    def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        address: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.address = address
         base_url, uds = parse_admin(address)
-        # Building a TLS context costs ~35 ms (CA bundle): only an https admin address needs one.
-        tls = base_url.startswith("https://")
-        transport = httpx.HTTPTransport(uds=uds, verify=tls)
+        if transport is None:
+            # A TLS context costs ~35 ms (CA bundle): only an https admin address needs one.
+            tls = base_url.startswith("https://")
+            transport = httpx.HTTPTransport(uds=uds, verify=tls)
         self._client = httpx.Client(
             base_url=base_url,
             transport=transport,
@@ -134,15 +139,6 @@ class AdminClient:
     def text(self, path: str) -> str:
         return self.request("GET", path).text
 
-    def exists_id(self, ident: str) -> bool:
-        try:
-            self.request("GET", f"/id/{ident}")
-        except AdminError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
-
     def adapt(self, caddyfile: str) -> dict:
         """Caddyfile text to JSON without loading it; AdminError when Caddy rejects the text."""
         response = self.request(
@@ -158,10 +154,3 @@ class AdminClient:
         except AdminError:
             return True
         return True
-
-
-@contextlib.contextmanager
-def write_lock(root: Path) -> Iterator[None]:
-    """Serialize admin writes of every supabase-manager process using this data root."""
-    with file_lock(Path(root) / ".caddy.lock"):
-        yield

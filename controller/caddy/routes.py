@@ -1,46 +1,52 @@
 """What an instance looks like in Caddy's JSON config, and how a change to the routes is planned.
 
-An instance is ONE route, ``"@id": "sbm-NAME"``, matching all its hosts, whose subroute has one
-child per host: the API gateway, Studio behind basic auth, and the mail catcher's UI. Everything
-here is pure (no I/O): ``plan`` takes the ``/config/apps`` JSON as read and returns the single
-admin request that turns it into the wanted config.
+An instance is ONE route, ``"@id": "sbm-OWNER-NAME"``, matching all its hosts: a ``vars`` handler
+marking it ours (``supabase_manager: OWNER/NAME``, which a Caddyfile can carry where ``@id``
+cannot), then a subroute with one child per host: the API gateway, Studio and the mail catcher's
+UI, the last two behind basic auth. Everything here is pure (no I/O): ``plan`` takes the
+``/config/apps`` JSON as read and returns the single admin request that turns it into the wanted
+config. A route that is not ours (another ROOT's, the operator's own site) is never changed: a
+host it serves is refused (``HostTaken``).
 """
 
 import hashlib
 import hmac
-import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 import bcrypt
 
-from controller.errors import OperationError
+from controller.basicauth import hash_password
+from controller.caddy.config import MARKER, CaddyConfig
+from controller.errors import OperationError, UsageError
 from controller.fsutil import atomic_write
 
-ID_PREFIX = "sbm-"
 ROLES = ("api", "studio", "mail")  # the order of the children in the subroute and the snippet
+AUTH_ROLES = ("studio", "mail")  # behind basic auth: neither has a login of its own
 STREAM_CLOSE_DELAY = "10m"  # keep WebSockets (Realtime) open across config reloads
 DEFAULT_SERVER_NAME = "supabase"
-BCRYPT_ROUNDS = 12
-BIND_ENV = "SUPABASE_MANAGER_CADDY_BIND"
 
 _UPSTREAM = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
-_USER = re.compile(r'^[^\s{}"\\]+$')
+_USER = re.compile(r'^[^\s{}"\\:]+$')
+
+
+class HostTaken(UsageError):
+    """A host of the instance is already served by a route that is not this instance's."""
 
 
 @attrs.frozen
 class SiteSpec:
-    """How one instance is published."""
+    """How one instance is published. ``user`` / ``password_hash`` guard Studio and mail."""
 
     name: str
     hosts: dict[str, str]  # role -> host: "api", "studio", optionally "mail"
     api_upstream: str  # "127.0.0.1:PORT": the instance's API gateway
-    studio_upstream: str  # "127.0.0.1:PORT": Studio itself, so basic auth is required in Caddy
-    studio_user: str
-    studio_password_hash: str  # bcrypt
+    studio_upstream: str  # where Studio is reached (the gateway, which also asks for auth)
+    user: str
+    password_hash: str  # bcrypt
     mail_upstream: str | None = None
 
     def upstream(self, role: str) -> str | None:
@@ -63,10 +69,6 @@ class SiteSpec:
         return {host for _, host, _ in self.routed()}
 
 
-def route_id(name: str) -> str:
-    return ID_PREFIX + name
-
-
 def check_spec(spec: SiteSpec) -> None:
     """OperationError when the spec could not be rendered safely (JSON and Caddyfile alike)."""
     if "api" not in spec.hosts or "studio" not in spec.hosts:
@@ -76,27 +78,33 @@ def check_spec(spec: SiteSpec) -> None:
             raise OperationError(f"instance {spec.name}: invalid host name {host!r}")
         if not _UPSTREAM.match(upstream):
             raise OperationError(f"instance {spec.name}: invalid upstream {upstream!r}")
-    if not _USER.match(spec.studio_user):
+    if not _USER.match(spec.user):
         raise OperationError(
-            f"instance {spec.name}: the Studio user name must not be empty nor hold spaces, "
-            "quotes, braces or backslashes"
+            f"instance {spec.name}: DASHBOARD_USERNAME must not be empty nor hold spaces, "
+            "colons, quotes, braces or backslashes"
         )
-    if not spec.studio_password_hash.startswith(("$2a$", "$2b$", "$2y$")):
-        raise OperationError(f"instance {spec.name}: the Studio password hash is not bcrypt")
+    if not spec.password_hash.startswith(("$2a$", "$2b$", "$2y$")):
+        raise OperationError(f"instance {spec.name}: the dashboard password hash is not bcrypt")
 
 
-# --- the Studio password ------------------------------------------------------------------------
+# --- the dashboard password ---------------------------------------------------------------------
 def _fingerprint(hashed: str, password: str) -> str:
     return hmac.new(hashed.encode(), password.encode(), hashlib.sha256).hexdigest()
 
 
-def studio_password_hash(cache_file: Path, password: str) -> str:
+def studio_password_hash(
+    cache_file: Path, password: str, *, write: bool = True, known: Iterable[str] = ()
+) -> str:
     """A bcrypt hash of ``password``, kept in ``cache_file`` (mode 0600) and reused while it still
     matches, so the rendered routes stay the same from one run to the next.
 
     The file holds the hash and an HMAC of the password keyed by that hash; the HMAC lets a
     sync of hundreds of instances skip one slow ``bcrypt.checkpw`` per instance. The file is as
     secret as the instance's .env, which holds the password itself.
+
+    With ``write=False`` (a read such as ``caddy status``) nothing is written: a hash in ``known``
+    (e.g. the one in the published snippet) that matches the password is used, else a new one
+    that lives only in memory.
     """
     cache_file = Path(cache_file)
     try:
@@ -105,30 +113,37 @@ def studio_password_hash(cache_file: Path, password: str) -> str:
         lines = []
     except OSError as exc:
         raise OperationError(f"cannot read {cache_file}: {exc.strerror}") from None
-    if lines and lines[0].startswith("$2"):
-        hashed = lines[0]
-        if len(lines) > 1 and hmac.compare_digest(lines[1], _fingerprint(hashed, password)):
-            return hashed
+    candidates = [lines[0]] if lines and lines[0].startswith("$2") else []
+    fingerprint = lines[1] if candidates and len(lines) > 1 else ""
+    if fingerprint and hmac.compare_digest(fingerprint, _fingerprint(candidates[0], password)):
+        return candidates[0]
+    candidates += [h for h in known if h.startswith("$2")]
+    for hashed in candidates:
         try:
             if bcrypt.checkpw(password.encode(), hashed.encode()):
-                atomic_write(cache_file, f"{hashed}\n{_fingerprint(hashed, password)}\n", 0o600)
+                if write:
+                    _write_cache(cache_file, hashed, password)
                 return hashed
         except ValueError:
-            pass
-    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_ROUNDS)).decode()
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(cache_file, f"{hashed}\n{_fingerprint(hashed, password)}\n", 0o600)
+            continue
+    hashed = hash_password(password)
+    if write:
+        _write_cache(cache_file, hashed, password)
     return hashed
 
 
-# --- addresses and route JSON ---------------------------------------------------------------------
-def site_addresses(settings: Any, spec: SiteSpec) -> list[str]:
-    """Caddyfile site addresses: ``scheme://host[:port]``, no port when the scheme implies it."""
-    default = {"https": 443, "http": 80}[settings.scheme]
-    port = "" if settings.public_port == default else f":{settings.public_port}"
-    return [f"{settings.scheme}://{host}{port}" for _, host, _ in spec.routed()]
+def _write_cache(cache_file: Path, hashed: str, password: str) -> None:
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(cache_file, f"{hashed}\n{_fingerprint(hashed, password)}\n", 0o600)
 
 
+def remember_password_hash(cache_file: Path, password: str, hashed: str) -> None:
+    """Keep ``hashed``, just made for ``password`` (controller.basicauth.PendingHash), in
+    ``cache_file`` so that studio_password_hash returns it without hashing again."""
+    _write_cache(Path(cache_file), hashed, password)
+
+
+# --- route JSON ---------------------------------------------------------------------------------
 def _proxy(upstream: str) -> dict:
     return {
         "handler": "reverse_proxy",
@@ -150,19 +165,22 @@ def _basic_auth(user: str, hashed: str) -> dict:
     }
 
 
-def render_route(spec: SiteSpec) -> dict:
-    """The one route (with ``@id``) that publishes the instance."""
+def render_route(spec: SiteSpec, cfg: CaddyConfig) -> dict:
+    """The one route (with ``@id`` and our marker) that publishes the instance."""
     check_spec(spec)
     children = []
     for role, host, upstream in spec.routed():
         handlers = [_proxy(upstream)]
-        if role == "studio":
-            handlers.insert(0, _basic_auth(spec.studio_user, spec.studio_password_hash))
+        if role in AUTH_ROLES:
+            handlers.insert(0, _basic_auth(spec.user, spec.password_hash))
         children.append({"match": [{"host": [host]}], "handle": handlers, "terminal": True})
     return {
-        "@id": route_id(spec.name),
+        "@id": cfg.route_id(spec.name),
         "match": [{"host": [host for _, host, _ in spec.routed()]}],
-        "handle": [{"handler": "subroute", "routes": children}],
+        "handle": [
+            {"handler": "vars", MARKER: cfg.marker(spec.name)},
+            {"handler": "subroute", "routes": children},
+        ],
         "terminal": True,
     }
 
@@ -215,15 +233,74 @@ def is_catch_all(route: Mapping[str, Any]) -> bool:
     return False
 
 
-def instance_names(apps: Mapping[str, Any] | None) -> dict[str, list[tuple[str, int]]]:
-    """Instance name -> [(server, index)] of every ``sbm-*`` route."""
+def route_marker(route: Mapping[str, Any]) -> str | None:
+    """The ``OWNER/NAME`` our ``vars`` handler carries: at the top of a route we pushed, or in
+    the first level of the subroute a Caddyfile snippet of ours adapts to."""
+    for handler in _handlers(route):
+        if handler.get("handler") == "vars" and isinstance(handler.get(MARKER), str):
+            return handler[MARKER]
+    return None
+
+
+def _handlers(route: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    for handler in route.get("handle") or []:
+        if not isinstance(handler, Mapping):
+            continue
+        yield handler
+        if handler.get("handler") == "subroute":
+            for child in handler.get("routes") or []:
+                for inner in (child or {}).get("handle") or []:
+                    if isinstance(inner, Mapping):
+                        yield inner
+
+
+def route_instance(route: Any, cfg: CaddyConfig) -> str | None:
+    """The name of our instance a route publishes (by ``@id`` or by marker), else None."""
+    if not isinstance(route, Mapping):
+        return None
+    ident = route.get("@id")
+    if isinstance(ident, str) and ident.startswith(cfg.id_prefix):
+        return ident[len(cfg.id_prefix) :]
+    marker = route_marker(route)
+    if ident is None and marker and marker.startswith(cfg.owner + "/"):
+        return marker[len(cfg.owner) + 1 :]
+    return None
+
+
+def instance_names(apps: Mapping[str, Any] | None, cfg: CaddyConfig) -> dict[str, list]:
+    """Our instance name -> [(server, index)] of every route of ours (with id or id-less)."""
     found: dict[str, list[tuple[str, int]]] = {}
     for server, body in _servers(apps).items():
         for index, route in enumerate((body or {}).get("routes") or []):
-            ident = route.get("@id") if isinstance(route, dict) else None
-            if isinstance(ident, str) and ident.startswith(ID_PREFIX):
-                found.setdefault(ident[len(ID_PREFIX) :], []).append((server, index))
+            name = route_instance(route, cfg)
+            if name is not None:
+                found.setdefault(name, []).append((server, index))
     return found
+
+
+def taken_hosts(
+    apps: Mapping[str, Any] | None, cfg: CaddyConfig, name: str, hosts: Iterable[str]
+) -> dict[str, str]:
+    """Each of ``hosts`` that a route which is not instance ``name``'s serves -> that route."""
+    wanted = {h.lower() for h in hosts}
+    taken: dict[str, str] = {}
+    for body in _servers(apps).values():
+        for route in (body or {}).get("routes") or []:
+            if not isinstance(route, Mapping) or route_instance(route, cfg) == name:
+                continue
+            for host in route_hosts(route) & wanted:
+                taken.setdefault(host, _describe(route))
+    return taken
+
+
+def host_taken(name: str, taken: Mapping[str, str]) -> HostTaken:
+    """The one-line refusal naming every taken host and what serves the first of them."""
+    hosts = sorted(taken)
+    verb = "is" if len(hosts) == 1 else "are"
+    return HostTaken(
+        f"{', '.join(hosts)} {verb} already served in Caddy by {taken[hosts[0]]}, "
+        f"not by instance {name}"
+    )
 
 
 def _servers(apps: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -246,36 +323,25 @@ class Plan:
     lines: list[str]
 
 
-def _strip_hosts(route: dict, hosts: set[str]) -> dict | None:
-    """``route`` without ``hosts`` in its host matchers; None when nothing of it is left."""
-    kept = []
-    for matcher in route.get("match") or []:
-        if "host" not in matcher:
-            kept.append(matcher)
-            continue
-        left = [h for h in matcher["host"] if str(h).lower() not in hosts]
-        if left:
-            kept.append({**matcher, "host": left})
-    if not kept:
-        return None
-    return {**route, "match": kept}
-
-
-def _bind_host(settings: Any) -> str:
-    bind = getattr(settings, "caddy_bind", None) or os.environ.get(BIND_ENV, "")
-    if ":" in bind and not bind.startswith("["):
-        bind = f"[{bind}]"
-    return bind
+def _describe(route: Mapping[str, Any]) -> str:
+    ident = route.get("@id")
+    if isinstance(ident, str):
+        return f"route {ident}"
+    marker = route_marker(route)
+    if marker:
+        return f"a route of supabase-manager data root {marker.split('/', 1)[0]}"
+    return "a site of the Caddyfile"
 
 
 def plan(
     apps: Mapping[str, Any] | None,
-    settings: Any,
+    cfg: CaddyConfig,
     apply: Sequence[SiteSpec] = (),
     remove: Iterable[str] = (),
 ) -> Plan:
-    """One admin request that publishes every spec in ``apply`` (replacing its old route, and any
-    id-less route for its hosts) and withdraws every instance in ``remove``."""
+    """One admin request that publishes every spec in ``apply`` (replacing its old route and any
+    id-less copy of it) and withdraws every instance in ``remove``. Only routes of ours are ever
+    changed: HostTaken when a host is served by a route that is not the instance's own."""
     # Copies only of what is changed (dicts and lists on the way down to the routes): routes
     # themselves are never changed in place, so a plan costs little even with 1000s of routes.
     old_apps = dict(apps or {})
@@ -286,52 +352,48 @@ def plan(
     }
     lines: list[str] = []
 
-    # 1. withdraw: the sbm-NAME route and id-less routes for the instance's default hosts.
+    # 1. withdraw: the instance's route and its id-less copies.
     for name in remove:
-        hosts = {h.lower() for h in settings.hosts(name).values()}
-        if _drop(servers, route_id(name), hosts)[0]:
-            lines.append(f"removed route {route_id(name)}")
+        if _drop(servers, cfg, name)[0]:
+            lines.append(f"removed route {cfg.route_id(name)}")
 
     # 2. publish.
     claimed: dict[str, str] = {}
     for spec in apply:
-        hosts = spec.host_set()
-        for host in hosts:
+        for host in spec.host_set():
             if host in claimed and claimed[host] != spec.name:
                 raise OperationError(
                     f"host {host} is wanted by both instance {claimed[host]} and {spec.name}"
                 )
             claimed[host] = spec.name
     for spec in apply:
-        route = render_route(spec)
+        route = render_route(spec, cfg)
         hosts = spec.host_set()
-        target = public_server(servers, settings.public_port)
-        _, position = _drop(servers, route_id(spec.name), hosts, keep_in=target)
+        taken = taken_hosts({"http": http}, cfg, spec.name, hosts)
+        if taken:
+            raise host_taken(spec.name, taken)
+        target = public_server(servers, cfg.public_port)
+        _, position = _drop(servers, cfg, spec.name, keep_in=target)
         if target is None:
             target = DEFAULT_SERVER_NAME
             while target in servers:
                 target += "-sbm"
-            listen = f"{_bind_host(settings)}:{settings.public_port}"
+            listen = f"{_bind_host(cfg.bind)}:{cfg.public_port}"
             servers[target] = {"listen": [listen], "routes": []}
-            if settings.scheme == "http":
+            if cfg.scheme == "http":
                 servers[target]["automatic_https"] = {"disable": True}
             if not old_apps.get("http"):
                 http.setdefault("metrics", {"per_host": True})
             lines.append(f"created Caddy server {target} listening on {listen}")
         server = servers[target]
         routes = server.setdefault("routes", [])
-        for other in routes:
-            ident = other.get("@id")
-            if ident and ident != route_id(spec.name) and route_hosts(other) & hosts:
-                raise OperationError(
-                    f"instance {spec.name}: route {ident} in Caddy already serves "
-                    f"{', '.join(sorted(route_hosts(other) & hosts))}"
-                )
         first_catch_all = next((i for i, r in enumerate(routes) if is_catch_all(r)), len(routes))
         index = first_catch_all if position is None else min(position, first_catch_all)
         routes.insert(index, route)
-        _skip_auto_https(http, server, settings, hosts)
-        lines.append(f"routed {', '.join(h for _, h, _ in spec.routed())} ({route_id(spec.name)})")
+        _skip_auto_https(http, server, cfg, hosts)
+        lines.append(
+            f"routed {', '.join(h for _, h, _ in spec.routed())} ({cfg.route_id(spec.name)})"
+        )
 
     if not servers and "servers" not in (old_apps.get("http") or {}):
         if old_apps.get("http"):
@@ -342,6 +404,12 @@ def plan(
     return Plan(request=request, lines=lines if request else [])
 
 
+def _bind_host(bind: str) -> str:
+    if ":" in bind and not bind.startswith("["):
+        bind = f"[{bind}]"
+    return bind
+
+
 def _copy_server(server: Mapping[str, Any] | None) -> dict:
     out = dict(server or {})
     if "routes" in out:
@@ -350,11 +418,11 @@ def _copy_server(server: Mapping[str, Any] | None) -> dict:
 
 
 def _drop(
-    servers: dict, ident: str, hosts: set[str], keep_in: str | None = None
+    servers: dict, cfg: CaddyConfig, name: str, keep_in: str | None = None
 ) -> tuple[bool, int | None]:
-    """Remove route ``ident`` and strip ``hosts`` from id-less routes in every server. Returns
-    whether anything changed and the index in server ``keep_in`` where the first removed route
-    was (the new one goes there)."""
+    """Remove every route of instance ``name`` (with its id, or an id-less copy carrying its
+    marker) from every server. Returns whether anything changed and the index in server
+    ``keep_in`` where the first removed route was (the new one goes there)."""
     position = None
     changed = False
     for server_name, server in servers.items():
@@ -363,28 +431,21 @@ def _drop(
             continue
         kept = []
         for route in routes:
-            if route.get("@id") == ident:
-                dropped = True
-            elif "@id" not in route and route_hosts(route) & hosts:
-                stripped = _strip_hosts(route, hosts)
-                dropped = stripped is None
-                if stripped is not None:
-                    kept.append(stripped)
-            else:
+            if route_instance(route, cfg) != name:
                 kept.append(route)
                 continue
             if server_name == keep_in and position is None:
-                position = len(kept) - (0 if dropped else 1)
-        if kept != routes:
+                position = len(kept)
+        if len(kept) != len(routes):
             server["routes"] = kept
             changed = True
     return changed, position
 
 
-def _skip_auto_https(http: dict, server: dict, settings: Any, hosts: set[str]) -> None:
+def _skip_auto_https(http: dict, server: dict, cfg: CaddyConfig, hosts: set[str]) -> None:
     """Plain-HTTP sites on a port other than Caddy's HTTP port must be listed in
     ``automatic_https.skip`` (as the Caddyfile adapter does), or Caddy turns TLS on for them."""
-    if settings.scheme != "http" or settings.public_port == int(http.get("http_port") or 80):
+    if cfg.scheme != "http" or cfg.public_port == int(http.get("http_port") or 80):
         return
     auto = dict(server.get("automatic_https") or {})
     if auto.get("disable"):

@@ -8,16 +8,13 @@ a good one (one bad imported file would make every later ``caddy reload`` fail).
 import contextlib
 import logging
 import os
+import re
 from pathlib import Path
-from typing import Any
 
 from controller.caddy.admin import AdminClient, AdminError
-from controller.caddy.routes import (
-    STREAM_CLOSE_DELAY,
-    SiteSpec,
-    check_spec,
-    site_addresses,
-)
+from controller.caddy.config import MARKER as VARS_KEY
+from controller.caddy.config import CaddyConfig
+from controller.caddy.routes import AUTH_ROLES, STREAM_CLOSE_DELAY, SiteSpec, check_spec
 from controller.errors import CaddyUnavailable, OperationError
 from controller.fsutil import atomic_write
 
@@ -29,17 +26,23 @@ FILE_MODE = 0o640  # holds a bcrypt hash; Caddy's group reads it
 DIR_MODE = 0o750
 
 
-def render_snippet(settings: Any, spec: SiteSpec) -> str:
-    """One site block with the instance's addresses and a host matcher per role."""
+def site_addresses(cfg: CaddyConfig, spec: SiteSpec) -> list[str]:
+    """Caddyfile site addresses: ``scheme://host[:port]``, no port when the scheme implies it."""
+    return [cfg.site_address(host) for _, host, _ in spec.routed()]
+
+
+def render_snippet(cfg: CaddyConfig, spec: SiteSpec) -> str:
+    """One site block with the instance's addresses, our marker and a host matcher per role."""
     check_spec(spec)
     lines = [HEADER.format(name=spec.name).rstrip("\n")]
-    lines.append(", ".join(site_addresses(settings, spec)) + " {")
+    lines.append(", ".join(site_addresses(cfg, spec)) + " {")
+    lines.append(f'\tvars {VARS_KEY} "{cfg.marker(spec.name)}"')
     for role, host, upstream in spec.routed():
         lines.append(f"\t@{role} host {host}")
         lines.append(f"\thandle @{role} {{")
-        if role == "studio":
+        if role in AUTH_ROLES:
             lines.append("\t\tbasic_auth {")
-            lines.append(f'\t\t\t"{spec.studio_user}" {spec.studio_password_hash}')
+            lines.append(f'\t\t\t"{spec.user}" {spec.password_hash}')
             lines.append("\t\t}")
         lines.append(f"\t\treverse_proxy {upstream} {{")
         lines.append(f"\t\t\tstream_close_delay {STREAM_CLOSE_DELAY}")
@@ -68,12 +71,22 @@ def is_ours(path: Path) -> bool:
         return False
 
 
-def validate(settings: Any, text: str, notes: list[str] | None = None) -> bool:
+_HASH = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")
+
+
+def published_hashes(path: Path) -> list[str]:
+    """The bcrypt hashes in a snippet (what Caddy checks passwords against)."""
+    try:
+        return _HASH.findall(Path(path).read_text())
+    except OSError:
+        return []
+
+
+def validate(client: AdminClient, text: str, notes: list[str] | None = None) -> bool:
     """True when Caddy adapted ``text``; False when Caddy could not be asked (a note says so).
     OperationError when Caddy rejects it."""
     try:
-        with AdminClient(settings.caddy_admin) as client:
-            client.adapt(text)
+        client.adapt(text)
     except CaddyUnavailable:
         note = "Caddy is not reachable: snippet written without validation by Caddy"
         # The caller reports notes; logging them too would print them a second time.
@@ -94,27 +107,28 @@ def _ensure_folder(folder: Path) -> None:
 
 
 def write_snippet(
-    settings: Any,
+    cfg: CaddyConfig,
     spec: SiteSpec,
     notes: list[str] | None = None,
-    validate_with_caddy: bool = True,
+    client: AdminClient | None = None,
     index: dict[str, str] | None = None,
 ) -> Path:
     """Write ROOT/caddy/NAME.conf atomically (0640) unless it already holds the same text.
 
-    Raises OperationError (and keeps the old file) when Caddy rejects the text or another snippet
-    already claims one of its addresses. When Caddy is down the file is written unvalidated and a
-    line is added to ``notes``. ``index`` (from ``address_index``, kept up to date here) saves
-    reading every other snippet when many are written in a row.
+    The text is validated through ``client`` (no client: not validated). Raises OperationError
+    (and keeps the old file) when Caddy rejects the text or another snippet already claims one of
+    its addresses. When Caddy is down the file is written unvalidated and a line is added to
+    ``notes``. ``index`` (from ``address_index``, kept up to date here) saves reading every other
+    snippet when many are written in a row. Callers hold the adapter's lock (sync.locked).
     """
-    path = settings.snippet_path(spec.name)
-    text = render_snippet(settings, spec)
+    path = cfg.snippet_path(spec.name)
+    text = render_snippet(cfg, spec)
     with contextlib.suppress(FileNotFoundError):
         if path.read_text() == text:
             return path
     mine = site_line_addresses(text)
     if index is None:
-        index = address_index(settings)
+        index = address_index(cfg)
     taken = sorted(a for a in mine if index.get(a, spec.name) != spec.name)
     if taken:
         owners = sorted({index[a] for a in taken})
@@ -122,9 +136,9 @@ def write_snippet(
             f"instance {spec.name}: {', '.join(f'{o}.conf' for o in owners)} already "
             f"defines {', '.join(taken)}"
         )
-    if validate_with_caddy:
+    if client is not None:
         try:
-            validate(settings, text, notes)
+            validate(client, text, notes)
         except OperationError as exc:
             raise OperationError(
                 f"instance {spec.name}: {exc}; {path.name} was left as it was"
@@ -137,10 +151,10 @@ def write_snippet(
     return path
 
 
-def address_index(settings: Any) -> dict[str, str]:
+def address_index(cfg: CaddyConfig) -> dict[str, str]:
     """Site address -> name of the snippet (any ``*.conf`` in the folder) that defines it."""
     index: dict[str, str] = {}
-    folder = settings.caddy_dir
+    folder = cfg.snippet_dir
     if not folder.is_dir():
         return index
     for path in sorted(folder.glob("*.conf")):
@@ -153,8 +167,8 @@ def address_index(settings: Any) -> dict[str, str]:
     return index
 
 
-def remove_snippet(settings: Any, name: str) -> None:
-    path = settings.snippet_path(name)
+def remove_snippet(cfg: CaddyConfig, name: str) -> None:
+    path = cfg.snippet_path(name)
     try:
         path.unlink()
     except FileNotFoundError:
@@ -166,9 +180,9 @@ def remove_snippet(settings: Any, name: str) -> None:
         os.close(fd)
 
 
-def snippet_names(settings: Any) -> list[str]:
+def snippet_names(cfg: CaddyConfig) -> list[str]:
     """Names of the instances that have a snippet written by us."""
-    folder = settings.caddy_dir
+    folder = cfg.snippet_dir
     if not folder.is_dir():
         return []
     return sorted(p.stem for p in folder.glob("*.conf") if is_ours(p))

@@ -1,223 +1,356 @@
-"""Live changes through the admin API: apply, remove, sync, status.
+"""Live changes through the admin API and the snippet files: publish, unpublish, sync, status.
 
 Every change is ONE admin request computed from a fresh read of ``/config/apps`` and sent with
-``If-Match``; the read-modify-write runs under an flock (ROOT/.caddy.lock) so supabase-manager
-processes never write at the same time, and is redone after a 412 or a dropped connection (Caddy
-restarts its admin server on each load, so a write can fail after it was applied: the re-read
-then shows the change in place and nothing more is sent).
+``If-Match``; it runs under an flock (``CaddyConfig.lock_path``) so processes of one data root
+never write at the same time, and is redone after a 412 or a dropped connection (Caddy restarts
+its admin server on each load, so a write can fail after it was applied: the re-read then shows
+the change in place and nothing more is sent). Snippet files are written under the same lock, so
+``sync``, which decides from the desired state what is a leftover, never races a publish.
 """
 
+import contextlib
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
+import attrs
+import httpx
+
+from controller import faults
 from controller.caddy import snippets
-from controller.caddy.admin import AdminClient, Conflict, write_lock
+from controller.caddy.admin import AdminClient, Conflict
+from controller.caddy.config import CaddyConfig
 from controller.caddy.routes import (
-    ID_PREFIX,
     Plan,
     SiteSpec,
+    check_spec,
+    host_taken,
     instance_names,
     plan,
     public_server,
     render_route,
+    taken_hosts,
 )
-from controller.errors import CaddyUnavailable, OperationError
+from controller.errors import CaddyUnavailable, ManagerError, OperationError
+from controller.fsutil import file_lock
 
 APPS = "/config/apps"
 ATTEMPTS = 8
 READ_TRIES = 4
 
 
-def change(settings: Any, compute: Callable[[Any], Plan]) -> Plan:
-    """Read ``/config/apps``, compute a plan from it and send its request with If-Match."""
-    with AdminClient(settings.caddy_admin) as client, write_lock(settings.root):
-        delay = 0.05
-        last: Exception | None = None
-        read_failures = 0
-        for _ in range(ATTEMPTS):
-            try:
-                apps, etag = client.get(APPS)
-            except CaddyUnavailable:
-                # Down, or restarting its admin server after a load: a few quick tries (~0.35 s).
-                read_failures += 1
-                if read_failures >= READ_TRIES:
-                    raise
-                time.sleep(delay)
-                delay *= 2
-                continue
-            result = compute(apps)
-            if result.request is None:
-                return result
-            req = result.request
-            try:
-                client.request(req.method, req.path, body=req.body, etag=etag)
-            except Conflict as exc:
-                last = exc
-                continue
-            except CaddyUnavailable as exc:
-                last = exc
-                time.sleep(delay)
-                delay *= 2
-                continue
+@contextlib.contextmanager
+def locked(cfg: CaddyConfig) -> Iterator[None]:
+    """Serialize every change of this data root's routes and snippets, across processes."""
+    with file_lock(cfg.lock_path):
+        yield
+
+
+def client_for(
+    cfg: CaddyConfig, transport: httpx.BaseTransport | None = None, **kw: Any
+) -> AdminClient:
+    return AdminClient(cfg.admin, transport=transport, **kw)
+
+
+def change(client: AdminClient, compute: Callable[[Any], Plan], pause: float = 0.05) -> Plan:
+    """Read ``/config/apps``, compute a plan from it and send its request with If-Match; redo
+    it after a 412 or a dropped connection. The caller holds ``locked``."""
+    delay = pause
+    last: Exception | None = None
+    read_failures = 0
+    for _ in range(ATTEMPTS):
+        try:
+            apps, etag = client.get(APPS)
+        except CaddyUnavailable:
+            # Down, or restarting its admin server after a load: a few quick tries (~0.35 s).
+            read_failures += 1
+            if read_failures >= READ_TRIES:
+                raise
+            time.sleep(delay)
+            delay *= 2
+            continue
+        result = compute(apps)
+        if result.request is None:
             return result
-        if isinstance(last, CaddyUnavailable):
-            raise last
-        raise OperationError(f"Caddy config kept changing under supabase-manager: {last}")
+        req = result.request
+        try:
+            client.request(req.method, req.path, body=req.body, etag=etag)
+        except Conflict as exc:
+            last = exc
+            continue
+        except CaddyUnavailable as exc:
+            last = exc
+            time.sleep(delay)
+            delay *= 2
+            continue
+        return result
+    if isinstance(last, CaddyUnavailable):
+        raise last
+    raise OperationError(f"Caddy config kept changing under supabase-manager: {last}")
 
 
-def apply_instance(settings: Any, spec: SiteSpec) -> None:
-    """Publish (or update) one instance with one admin change."""
-    render_route(spec)  # bad input fails before Caddy is asked
-    change(settings, lambda apps: plan(apps, settings, apply=[spec]))
+# --- one instance ---------------------------------------------------------------------------------
+def apply_instance(
+    cfg: CaddyConfig, spec: SiteSpec, transport: httpx.BaseTransport | None = None
+) -> None:
+    """Publish (or update) one instance's live route with one admin change."""
+    render_route(spec, cfg)  # bad input fails before Caddy is asked
+    with locked(cfg), client_for(cfg, transport) as client:
+        change(client, lambda apps: plan(apps, cfg, apply=[spec]))
 
 
-def remove_instance(settings: Any, name: str) -> None:
-    """Withdraw the instance's route and any id-less copy for its hosts."""
-    change(settings, lambda apps: plan(apps, settings, remove=[name]))
+def remove_instance(
+    cfg: CaddyConfig, name: str, transport: httpx.BaseTransport | None = None
+) -> None:
+    """Withdraw the instance's live route and any id-less copy of it."""
+    with locked(cfg), client_for(cfg, transport) as client:
+        change(client, lambda apps: plan(apps, cfg, remove=[name]))
 
 
-def _live_state(apps: Any, settings: Any, spec: SiteSpec) -> str:
-    if spec.name not in instance_names(apps):
-        return "missing"
+def check_hosts(cfg: CaddyConfig, name: str, hosts: Iterable[str]) -> list[str]:
+    """Refuse (HostTaken, exit 2) instance ``name`` when Caddy already serves one of ``hosts``
+    through a route that is not this instance's own. Caddy down: nothing can be checked, the
+    returned note says so."""
     try:
-        return "ok" if plan(apps, settings, apply=[spec]).request is None else "stale"
-    except OperationError:
-        return "conflict"  # another route (not ours) serves one of its hosts
+        with client_for(cfg) as client:
+            apps, _ = client.get(APPS)
+    except CaddyUnavailable:
+        return ["Caddy is not reachable: its sites could not be checked for a clash"]
+    taken = taken_hosts(apps, cfg, name, hosts)
+    if taken:
+        raise host_taken(name, taken)
+    return []
 
 
-def _snippet_state(settings: Any, spec: SiteSpec) -> str:
-    path = settings.snippet_path(spec.name)
+def publish(cfg: CaddyConfig, spec: SiteSpec) -> list[str]:
+    """Write the snippet and push the live route, as one step under the lock. Returns notes; a
+    Caddy that cannot be reached only postpones the live part (a note says so)."""
+    render_route(spec, cfg)
+    notes: list[str] = []
+    with locked(cfg), client_for(cfg) as client:
+        with contextlib.suppress(CaddyUnavailable):
+            plan(client.get(APPS)[0], cfg, apply=[spec])  # HostTaken before anything is written
+        snippets.write_snippet(cfg, spec, notes, client=client)
+        faults.point("caddy.snippet-written")
+        try:
+            change(client, lambda apps: plan(apps, cfg, apply=[spec]))
+        except CaddyUnavailable as exc:
+            return [
+                f"Caddy's live route for {spec.name} is pending ({exc}); "
+                f"run `caddy sync {spec.name}`"
+            ]
+    return []
+
+
+def unpublish(cfg: CaddyConfig, name: str) -> list[str]:
+    """Remove the snippet and the live route under the lock; returns notes (Caddy down)."""
+    with locked(cfg), client_for(cfg) as client:
+        snippets.remove_snippet(cfg, name)
+        faults.point("caddy.snippet-removed")
+        try:
+            change(client, lambda apps: plan(apps, cfg, remove=[name]))
+        except CaddyUnavailable as exc:
+            return [
+                f"Caddy's live route for {name} could not be removed ({exc}); "
+                "run `caddy sync` later"
+            ]
+    return []
+
+
+# --- every instance -------------------------------------------------------------------------------
+@attrs.frozen
+class Desired:
+    """What should be published: specs by name, and instances to leave exactly as they are
+    (their spec could not be worked out, or another command is working on them) with why."""
+
+    specs: Mapping[str, SiteSpec]
+    keep: Mapping[str, str] = attrs.field(factory=dict)
+
+
+def _snippet_state(cfg: CaddyConfig, spec: SiteSpec) -> str:
+    path = cfg.snippet_path(spec.name)
     try:
         text = path.read_text()
     except FileNotFoundError:
         return "missing"
-    return "ok" if text == snippets.render_snippet(settings, spec) else "stale"
+    return "ok" if text == snippets.render_snippet(cfg, spec) else "stale"
 
 
 def sync(
-    settings: Any,
-    specs: Mapping[str, SiteSpec],
+    cfg: CaddyConfig,
+    desired: Callable[[], Desired],
     only: str | None = None,
-    keep: Collection[str] = (),
+    busy: Callable[[str], bool] = lambda name: False,
 ) -> list[str]:
-    """Make snippets and live routes match ``specs`` (all of them, or just instance ``only``).
+    """Make snippets and live routes match what ``desired()`` returns (all instances, or just
+    ``only``).
 
-    ``keep`` names instances that exist but whose spec could not be worked out: their snippets
-    and routes are left as they are, never taken for leftovers.
+    ``desired`` is called under the lock, so a publish or unpublish of another process happens
+    wholly before or wholly after this sync's view of the state. Instances in ``keep``, and any
+    for which ``busy(name)`` is true (a create or delete in progress) are left as they are, never
+    taken for leftovers nor re-created.
 
     Snippets first (they do not need Caddy); then one admin change that adds missing or stale
-    routes, removes ``sbm-*`` routes of instances not in ``specs`` and strips id-less duplicates.
-    Raises CaddyUnavailable after writing the snippets when Caddy cannot be reached, and
-    OperationError, after doing all it could, when a snippet was refused or a host is served by a
-    route that is not ours.
+    routes and removes routes of ours whose instance is gone. One instance's failure (a spec
+    Caddy rejects, a host served by a route that is not ours) does not stop the others: after
+    doing all it could, OperationError names it. CaddyUnavailable after writing the snippets when
+    Caddy cannot be reached.
     """
-    wanted = {n: s for n, s in specs.items() if only is None or n == only}
-    lines: list[str] = []
-    # Extra snippets first: an address they hold may be wanted by an instance below.
-    dropped: list[str] = []
-    for name in snippets.snippet_names(settings):
-        if name not in specs and name not in keep and (only is None or name == only):
-            snippets.remove_snippet(settings, name)
-            dropped.append(name)  # its id-less live copy (from a reload) goes too
-            lines.append(f"removed snippet {name}.conf (no such instance)")
-    notes: list[str] = []
-    problems: list[str] = []
-    index: dict[str, str] | None = None
-    for name, spec in sorted(wanted.items()):
-        state = _snippet_state(settings, spec)
-        if state != "ok":
-            if index is None:
-                index = snippets.address_index(settings)
-            try:
-                snippets.write_snippet(settings, spec, notes, index=index)
-            except OperationError as exc:
-                problems.append(str(exc))
-                continue
-            lines.append(f"wrote snippet {settings.snippet_path(name).name} ({state} before)")
-    lines.extend(dict.fromkeys(notes))
+    with locked(cfg), client_for(cfg) as client:
+        want = desired()
+        left: dict[str, str] = dict(want.keep)
+        for name in want.specs:
+            if (only is None or name == only) and busy(name):
+                left[name] = "another command is working on it"
+        wanted = {
+            n: s for n, s in want.specs.items() if (only is None or n == only) and n not in left
+        }
 
-    refused: dict[str, str] = {}
+        def leftover(name: str) -> bool:
+            if name in want.specs or name in left or (only is not None and name != only):
+                return False
+            if busy(name):
+                left[name] = "another command is working on it"
+                return False
+            return True
 
-    def compute(apps: Any) -> Plan:
-        live = instance_names(apps)
-        extra = [
-            n
-            for n in sorted(live)
-            if n not in specs and n not in keep and (only is None or n == only)
-        ]
-        extra += [n for n in dropped if n not in live]
-        todo = []
-        refused.clear()
+        lines: list[str] = []
+        # Extra snippets first: an address they hold may be wanted by an instance below.
+        dropped: list[str] = []
+        for name in snippets.snippet_names(cfg):
+            if leftover(name):
+                snippets.remove_snippet(cfg, name)
+                dropped.append(name)  # its id-less live copy (from a reload) goes too
+                lines.append(f"removed snippet {name}.conf (no such instance)")
+        faults.point("sync.snippets-removed")
+        notes: list[str] = []
+        problems: dict[str, str] = {}
+        index: dict[str, str] | None = None
         for name, spec in sorted(wanted.items()):
             try:
-                if plan(apps, settings, apply=[spec]).request is None:
+                state = _snippet_state(cfg, spec)
+                if state == "ok":
                     continue
-            except OperationError:
-                pass  # another route serves one of its hosts: maybe one removed below
-            try:
-                plan(apps, settings, apply=[spec], remove=extra)
-            except OperationError as exc:
-                refused[name] = str(exc)
+                if index is None:
+                    index = snippets.address_index(cfg)
+                snippets.write_snippet(cfg, spec, notes, client=client, index=index)
+            except ManagerError as exc:
+                problems[name] = str(exc)
                 continue
-            todo.append(spec)
-        return plan(apps, settings, apply=todo, remove=extra)
+            lines.append(f"wrote snippet {cfg.snippet_path(name).name} ({state} before)")
+        lines.extend(dict.fromkeys(notes))
+        faults.point("sync.snippets-written")
 
-    try:
-        result = change(settings, compute)
-    except CaddyUnavailable as exc:
-        raise CaddyUnavailable(f"{exc} (snippets are up to date: {len(lines)} change(s))") from None
+        refused: dict[str, str] = {}
+
+        def compute(apps: Any) -> Plan:
+            live = instance_names(apps, cfg)
+            extra = [n for n in sorted(live) if leftover(n)]
+            extra += [n for n in dropped if n not in live]
+            todo = []
+            refused.clear()
+            for name, spec in sorted(wanted.items()):
+                try:
+                    if plan(apps, cfg, apply=[spec]).request is None:
+                        continue
+                except ManagerError:
+                    pass  # a host served by another route: maybe one removed below
+                try:
+                    plan(apps, cfg, apply=[spec], remove=extra)
+                except ManagerError as exc:
+                    refused[name] = str(exc)
+                    continue
+                todo.append(spec)
+            return plan(apps, cfg, apply=todo, remove=extra)
+
+        try:
+            result = change(client, compute)
+        except CaddyUnavailable as exc:
+            raise CaddyUnavailable(
+                f"{exc} (snippets are up to date: {len(lines)} change(s))"
+            ) from None
+        faults.point("sync.routed")
     lines.extend(result.lines)
-    problems.extend(f"not routed: {message}" for _, message in sorted(refused.items()))
+    for name, message in sorted(refused.items()):
+        problems.setdefault(name, f"not routed: {message}")
+    busy_names = sorted(n for n, why in left.items() if n not in want.keep)
+    if busy_names:
+        lines.append(f"left as they were (another command is working on them): {busy_names}")
     if problems:
         done = f" (done: {'; '.join(lines)})" if lines else ""
-        raise OperationError("; ".join(problems) + done)
+        first = sorted(problems)[0]
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise OperationError(f"{first}: {problems[first]}{more}{done}")
     return lines or ["nothing to do: Caddy and the snippets match"]
 
 
-def reachable(settings: Any, timeout: float = 1.0) -> bool:
+def reachable(cfg: CaddyConfig, timeout: float = 1.0) -> bool:
     """Whether Caddy's admin API answers (quick; for a toolbar or health check)."""
-    with AdminClient(settings.caddy_admin, timeout=timeout) as client:
+    with client_for(cfg, timeout=timeout) as client:
         return client.reachable()
 
 
-def status(settings: Any, specs: Mapping[str, SiteSpec], keep: Collection[str] = ()) -> dict:
-    """Drift between ``specs`` and Caddy (and the snippet files); never raises for Caddy down.
-    Instances in ``keep`` (spec unknown) are not reported as extra."""
+def routed_instances(cfg: CaddyConfig, timeout: float = 5.0) -> set[str]:
+    """Names of this data root's instances that have a route in Caddy's live config."""
+    with client_for(cfg, timeout=timeout) as client:
+        apps, _ = client.get(APPS)
+    return set(instance_names(apps, cfg))
+
+
+def _live_state(apps: Any, cfg: CaddyConfig, spec: SiteSpec) -> str:
+    if spec.name not in instance_names(apps, cfg):
+        return "missing"
+    try:
+        return "ok" if plan(apps, cfg, apply=[spec]).request is None else "stale"
+    except ManagerError:
+        return "conflict"  # another route (not ours) serves one of its hosts
+
+
+def status(
+    cfg: CaddyConfig,
+    specs: Mapping[str, SiteSpec],
+    keep: Collection[str] = (),
+    transport: httpx.BaseTransport | None = None,
+) -> dict:
+    """Drift between ``specs`` and Caddy (and the snippet files); a read: writes nothing, never
+    raises for Caddy down (``reachable`` is False) nor for one instance's bad spec (its state is
+    "invalid" and ``problems`` says why). Instances in ``keep`` are not reported as extra."""
+    problems: dict[str, str] = {}
+    snippet_states: dict[str, str] = {}
+    for name, spec in sorted(specs.items()):
+        try:
+            check_spec(spec)
+            snippet_states[name] = _snippet_state(cfg, spec)
+        except OperationError as exc:
+            snippet_states[name] = "invalid"
+            problems[name] = str(exc)
     out: dict[str, Any] = {
         "reachable": False,
-        "admin": settings.caddy_admin,
+        "admin": cfg.admin,
         "metrics_per_host": False,
         "server": None,
         "instances": {},
         "extra": [],
-        "snippets": {n: _snippet_state(settings, s) for n, s in sorted(specs.items())},
+        "snippets": snippet_states,
         "extra_snippets": [
-            n for n in snippets.snippet_names(settings) if n not in specs and n not in keep
+            n for n in snippets.snippet_names(cfg) if n not in specs and n not in keep
         ],
+        "problems": problems,
     }
     try:
-        with AdminClient(settings.caddy_admin) as client:
+        with client_for(cfg, transport) as client:
             apps, _ = client.get(APPS)
     except CaddyUnavailable as exc:
         out["error"] = str(exc)
-        out["instances"] = dict.fromkeys(sorted(specs), "unknown")
+        out["instances"] = {n: "invalid" if n in problems else "unknown" for n in sorted(specs)}
         return out
     http = (apps or {}).get("http") or {}
     out["reachable"] = True
     out["metrics_per_host"] = bool((http.get("metrics") or {}).get("per_host"))
-    out["server"] = public_server(http.get("servers") or {}, settings.public_port)
-    out["instances"] = {n: _live_state(apps, settings, s) for n, s in sorted(specs.items())}
-    out["extra"] = sorted(n for n in instance_names(apps) if n not in specs and n not in keep)
+    out["server"] = public_server(http.get("servers") or {}, cfg.public_port)
+    out["instances"] = {
+        n: "invalid" if n in problems else _live_state(apps, cfg, s)
+        for n, s in sorted(specs.items())
+    }
+    out["extra"] = sorted(n for n in instance_names(apps, cfg) if n not in specs and n not in keep)
     return out
-
-
-__all__ = [
-    "ID_PREFIX",
-    "apply_instance",
-    "change",
-    "reachable",
-    "remove_instance",
-    "status",
-    "sync",
-]

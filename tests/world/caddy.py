@@ -248,3 +248,11 @@ class CaddyProcess:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<CaddyProcess {state} admin={self.admin_url} http={self.http_port}>"
+
+
+def route_id(data_root: Path, name: str) -> str:
+    """The ``@id`` supabase-manager gives instance ``name``'s route for this data root."""
+    from controller.caddy.config import ID_PREFIX
+
+    owner = (Path(data_root) / "root-id").read_text().strip()
+    return f"{ID_PREFIX}{owner}-{name}"

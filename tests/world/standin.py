@@ -1,13 +1,17 @@
 """Stand-in overlay: run an upstream Supabase compose stack with local images only.
 
-`write_standin_overlay(compose_files, dest)` reads the upstream compose files (merged by service
-name, in order, honouring `!override` / `!reset`) and writes a compose file to be layered LAST.
+`write_standin_overlay(compose_files, dest)` reads the upstream compose files as compose-go merges
+and interpolates them (`docker compose config`, the path the manager itself uses) and writes a
+compose file to be layered LAST.
 For every service it replaces image, entrypoint, command and healthcheck, and keeps everything else
 (ports, container names, networks and aliases, volumes, environment, depends_on):
 
 - the database service (image `.../postgres`, not postgres-meta or postgrest, or named `db`) runs
   sbm-standin/postgres:15: a real PostgreSQL 15 honouring POSTGRES_PASSWORD and PGPORT, healthy
-  when `pg_isready` answers;
+  when `pg_isready` answers. It keeps the service's environment and volumes, so on a first start it
+  initialises like supabase/postgres: supabase_admin, postgres and the image's roles, then the
+  template's mounted init scripts (roles.sql, jwt.sql, ...); what is modelled and what is not is
+  said in tests/world/images/standin-postgres;
 - a service another one waits for with `condition: service_completed_successfully` (a one-shot job
   such as minio-createbucket) just exits 0;
 - every other service runs sbm-standin/busybox:1's `standin-http`: on every container port the
@@ -25,7 +29,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
+from controller.compose import config_json
+from controller.composeyaml import Override, Reset, dump_yaml
 
 from .dockerworld import BUSYBOX_IMAGE, POSTGRES_IMAGE
 
@@ -34,145 +39,20 @@ DEFAULT_PORT = 80
 PROJECT_VAR = "${COMPOSE_PROJECT_NAME}"
 
 
-# -- YAML with compose's !override and !reset tags ----------------------------------------------
-class Override:
-    """A value tagged `!override`: replaces the merged value instead of merging into it."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __repr__(self) -> str:
-        return f"Override({self.value!r})"
-
-
-class Reset:
-    """A value tagged `!reset`: removes the key from the merged result."""
-
-    def __init__(self, value: Any = None) -> None:
-        self.value = value
-
-    def __repr__(self) -> str:
-        return f"Reset({self.value!r})"
-
-
-class ComposeLoader(yaml.SafeLoader):
-    """SafeLoader that accepts compose's `!override` and `!reset` tags."""
-
-
-def _construct_plain(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
-    if isinstance(node, yaml.MappingNode):
-        return loader.construct_mapping(node, deep=True)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node, deep=True)
-    tag = loader.resolve(yaml.ScalarNode, node.value, (True, False))
-    return loader.construct_object(yaml.ScalarNode(tag, node.value), deep=True)
-
-
-ComposeLoader.add_constructor("!override", lambda ld, n: Override(_construct_plain(ld, n)))
-ComposeLoader.add_constructor("!reset", lambda ld, n: Reset(_construct_plain(ld, n)))
-
-
-class ComposeDumper(yaml.SafeDumper):
-    """SafeDumper that writes Override / Reset as `!override` / `!reset`."""
-
-
-def _represent_tagged(tag: str):
-    def represent(dumper: yaml.SafeDumper, data: Override | Reset) -> yaml.Node:
-        value = data.value
-        if isinstance(value, Mapping):
-            return dumper.represent_mapping(tag, value)
-        if isinstance(value, list | tuple):
-            return dumper.represent_sequence(tag, value)
-        if value is None:
-            return dumper.represent_scalar(tag, "null")
-        return dumper.represent_scalar(tag, str(value))
-
-    return represent
-
-
-ComposeDumper.add_representer(Override, _represent_tagged("!override"))
-ComposeDumper.add_representer(Reset, _represent_tagged("!reset"))
-
-
-def load_compose_file(path: Path) -> dict[str, Any]:
-    """One compose file as a dict; tagged values stay Override / Reset objects."""
-    data = yaml.load(Path(path).read_text(), Loader=ComposeLoader)
-    return data or {}
-
-
-# -- merging ------------------------------------------------------------------------------------
-_REPLACED_LISTS = {"command", "entrypoint", "test"}
-_DELETE = object()
-
-
-def _plain(value: Any) -> Any:
-    """Drop tags from a value that has nothing to merge into."""
-    if isinstance(value, Reset):
-        return _DELETE
-    if isinstance(value, Override):
-        return _plain(value.value)
-    if isinstance(value, Mapping):
-        out = {}
-        for key, item in value.items():
-            item = _plain(item)
-            if item is not _DELETE:
-                out[key] = item
-        return out
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return value
-
-
-def _environment_dict(value: Any) -> Any:
-    if isinstance(value, list):
-        env: dict[str, Any] = {}
-        for item in value:
-            key, sep, val = str(item).partition("=")
-            env[key] = val if sep else None
-        return env
-    return value
-
-
-def _merge(base: Any, over: Any, key: str = "") -> Any:
-    if isinstance(over, Reset):
-        return _DELETE
-    if isinstance(over, Override):
-        return _plain(over.value)
-    if isinstance(base, Mapping) and isinstance(over, Mapping):
-        out = dict(base)
-        for name, value in over.items():
-            merged = _merge(base[name], value, str(name)) if name in base else _plain(value)
-            if merged is _DELETE:
-                out.pop(name, None)
-            else:
-                out[name] = merged
-        return out
-    if isinstance(base, list) and isinstance(over, list) and key not in _REPLACED_LISTS:
-        return base + [item for item in _plain(over) if item not in base]
-    return _plain(over)
+# -- what the compose files mean: compose-go's answer, as the manager reads it --------------------
+def _env_file(folder: Path) -> list[Path]:
+    for name in (".env", ".env.example"):
+        if (folder / name).is_file():
+            return [folder / name]
+    return []
 
 
 def load_services(compose_files: Sequence[Path]) -> dict[str, dict[str, Any]]:
-    """The services of compose_files merged in order, by name (compose's merge, simplified)."""
-    services: dict[str, dict[str, Any]] = {}
-    for path in compose_files:
-        data = load_compose_file(path)
-        for name, service in (data.get("services") or {}).items():
-            if isinstance(service, Reset):
-                services.pop(name, None)
-                continue
-            if isinstance(service, Override):
-                service = service.value
-            service = dict(service or {})
-            if "environment" in service and not isinstance(
-                service["environment"], Override | Reset
-            ):
-                service["environment"] = _environment_dict(service["environment"])
-            if name in services:
-                services[name] = _merge(services[name], service)
-            else:
-                services[name] = _plain(service)
-    return services
+    """The services of compose_files, merged and interpolated by compose-go (`docker compose
+    config`), with the .env (or .env.example) of the first file's folder."""
+    folder = Path(compose_files[0]).parent
+    config = config_json([Path(f) for f in compose_files], folder, _env_file(folder))
+    return config.get("services") or {}
 
 
 # -- which service is what ----------------------------------------------------------------------
@@ -230,6 +110,7 @@ def _names_of(name: str, service: Mapping[str, Any]) -> set[str]:
     return names
 
 
+_PEER_WORDS = {"DB", "POSTGRES", "SMTP"}
 _URL_HOST_PORT = re.compile(r"(?:https?|wss?|tcp)://([A-Za-z0-9_.-]+):(\d+)")
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "0.0.0.0", "[::1]"}
 
@@ -244,10 +125,11 @@ def service_ports(
 ) -> list[int]:
     """Container ports the service listens on, as far as the compose files tell.
 
-    In this order: published ports' container side, `expose`, literal values of environment
-    variables PORT / *_PORT / *_BIND (":5001"), ports in its healthcheck's URLs to itself
-    (localhost, 127.0.0.1, /dev/tcp/HOST/PORT, its own names) and URLs by which other services
-    reach it (http://NAME:PORT in their environment). Falls back to [80].
+    In this order: published ports' container side, `expose`, values of environment variables
+    PORT / *_PORT / *_BIND (":5001") that are no peer's port (see _PEER_WORDS), ports in its
+    healthcheck's URLs to itself (localhost, 127.0.0.1, /dev/tcp/HOST/PORT, its own names) and
+    URLs by which other services reach it (http://NAME:PORT in their environment).
+    Falls back to [80].
     """
     found: list[int] = []
 
@@ -263,6 +145,10 @@ def service_ports(
     if isinstance(env, Mapping):
         for key, value in env.items():
             key = str(key)
+            # Values are interpolated: a port the service connects to (POSTGRES_PORT, DB_PORT,
+            # GOTRUE_SMTP_PORT) reads like its own, so those words rule a variable out.
+            if set(key.split("_")) & _PEER_WORDS:
+                continue
             if key == "PORT" or key.endswith(("_PORT", "_BIND")):
                 match = re.fullmatch(r"(?:[\w.\[\]:-]*:)?(\d+)", str(value).strip())
                 if match:
@@ -373,14 +259,7 @@ def write_standin_overlay(compose_files: Sequence[Path], dest: Path) -> Path:
         "# Test world stand-in overlay (tests/world/standin.py); layer it last.\n"
         f"# Generated from: {files}\n"
     )
-    body = yaml.dump(
-        {"services": standin_services(compose_files)},
-        Dumper=ComposeDumper,
-        sort_keys=False,
-        default_flow_style=False,
-        width=1000,
-    )
-    dest.write_text(header + body)
+    dest.write_text(header + dump_yaml({"services": standin_services(compose_files)}))
     return dest
 
 
@@ -430,6 +309,6 @@ def write_loopback_ports_overlay(
             overlay[name] = {"ports": Override(published)}
     Path(dest).write_text(
         "# Test world: loopback-only host ports (tests/world/standin.py).\n"
-        + yaml.dump({"services": overlay}, Dumper=ComposeDumper, sort_keys=False, width=1000)
+        + dump_yaml({"services": overlay})
     )
     return mapping

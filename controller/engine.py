@@ -1,0 +1,543 @@
+"""A small typed client of the Docker Engine API.
+
+Only the endpoints supabase-manager needs: ping, container listing, a container's main process
+and restart count, one-shot stats, and listing and removing containers, networks and volumes.
+
+The engine is named by an address in DOCKER_HOST's syntax (``unix:///var/run/docker.sock``,
+``tcp://host:2375``, TLS with DOCKER_TLS_VERIFY) and spoken to through a transport:
+
+- any httpx transport: ``httpx.MockTransport`` in unit tests, ``httpx.HTTPTransport`` for TLS;
+- by default, on a unix socket or plain TCP, a minimal HTTP/1.1 exchange over the socket (see
+  _Connection). A status query is one request; loading httpx for it (ssl, h11, httpcore and what
+  its CLI imports: about 60 ms on this machine kind) would cost more than `docker compose ls`
+  takes whole.
+
+Paths carry no API version: the engine answers in its own, which every engine from API 1.24 to
+the current one accepts for these calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import quote, urlencode, urlsplit
+
+import attrs
+
+from controller.errors import DockerUnavailable, OperationError
+
+if TYPE_CHECKING:
+    import httpx
+
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+DEFAULT_TLS_PORT = 2376
+DEFAULT_TCP_PORT = 2375
+LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+class EngineError(OperationError):
+    """The engine answered a request with an error status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotFound(EngineError):
+    """The object named in the request does not exist (any more)."""
+
+
+@attrs.frozen
+class TLSFiles:
+    """DOCKER_CERT_PATH's files: the CA that signed the engine's certificate, and ours."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def in_folder(cls, folder: Path) -> TLSFiles:
+        return cls(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
+
+
+@attrs.frozen
+class EngineAddress:
+    """Where an engine listens: a unix socket on this host, or TCP (plain or TLS)."""
+
+    scheme: str  # "unix" or "tcp"
+    path: str = ""  # the socket, for unix
+    host: str = ""  # for tcp
+    port: int = 0  # for tcp
+    tls: TLSFiles | None = None
+
+    @classmethod
+    def parse(cls, text: str, tls: TLSFiles | None = None) -> EngineAddress:
+        """An address in DOCKER_HOST's syntax; ``tls`` makes a tcp address use TLS."""
+        text = text.strip()
+        url = urlsplit(text)
+        if url.scheme == "unix":
+            path = text[len("unix://") :]  # as the docker CLI reads it: all after the scheme
+            if not path:
+                raise DockerUnavailable(f"Docker host {text!r}: no socket path")
+            return cls("unix", path=path if path.startswith("/") else "/" + path)
+        if url.scheme in ("tcp", "http", "https"):
+            try:
+                port = url.port
+            except ValueError:
+                raise DockerUnavailable(f"Docker host {text!r}: bad port") from None
+            if not url.hostname:
+                raise DockerUnavailable(f"Docker host {text!r}: no host name")
+            default = DEFAULT_TLS_PORT if tls else DEFAULT_TCP_PORT
+            return cls("tcp", host=url.hostname, port=port or default, tls=tls)
+        if url.scheme == "ssh":
+            raise DockerUnavailable(f"Docker host {text!r}: ssh:// is not supported yet")
+        raise DockerUnavailable(f"Docker host {text!r}: expected unix://PATH or tcp://HOST:PORT")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EngineAddress:
+        """DOCKER_HOST (default: the local socket), with TLS when DOCKER_TLS_VERIFY is set."""
+        env = os.environ if env is None else env
+        tls = None
+        if env.get("DOCKER_TLS_VERIFY"):
+            folder = env.get("DOCKER_CERT_PATH") or str(Path.home() / ".docker")
+            tls = TLSFiles.in_folder(Path(folder))
+        return cls.parse(env.get("DOCKER_HOST") or DEFAULT_HOST, tls)
+
+    @property
+    def local(self) -> bool:
+        """Whether the engine runs on this host (its containers' cgroups are ours to read)."""
+        return self.scheme == "unix" or self.host in LOOPBACK
+
+    @property
+    def base_url(self) -> str:
+        if self.scheme == "unix":
+            return "http://docker"  # the host part is only a placeholder on a socket
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+    def __str__(self) -> str:
+        if self.scheme == "unix":
+            return f"unix://{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+    def httpx_transport(self) -> httpx.BaseTransport:
+        """An httpx transport to this engine (the default one for TLS)."""
+        import ssl
+
+        import httpx
+
+        if self.tls is None:
+            # No TLS is spoken here: a context that trusts nothing spares loading the CA bundle.
+            empty = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            uds = self.path if self.scheme == "unix" else None
+            return httpx.HTTPTransport(uds=uds, verify=empty)
+        context = ssl.create_default_context(cafile=str(self.tls.ca))
+        context.load_cert_chain(str(self.tls.cert), str(self.tls.key))
+        return httpx.HTTPTransport(verify=context)
+
+
+@attrs.frozen
+class Container:
+    id: str
+    name: str  # without the leading slash
+    state: str  # created, running, paused, restarting, exited, removing, dead
+    status: str  # the human text: "Up 3 minutes (healthy)", "Exited (0) 2 seconds ago"
+    labels: Mapping[str, str] = attrs.field(converter=lambda d: MappingProxyType(dict(d)))
+
+
+@attrs.frozen
+class ContainerDetails:
+    id: str
+    pid: int | None  # of its main process on the engine's host; None when it does not run
+    restart_count: int
+    started_at: str  # RFC 3339, as the engine says it
+
+
+@attrs.frozen
+class Network:
+    id: str
+    name: str
+    labels: Mapping[str, str] = attrs.field(converter=lambda d: MappingProxyType(dict(d)))
+
+
+@attrs.frozen
+class Volume:
+    name: str
+    labels: Mapping[str, str] = attrs.field(converter=lambda d: MappingProxyType(dict(d)))
+
+
+@attrs.frozen
+class StatsSample:
+    """One reading of a container's counters, as `GET /containers/ID/stats` gives them."""
+
+    cpu_total_ns: int
+    system_cpu_ns: int
+    online_cpus: int
+    memory_usage: int
+    inactive_file: int
+
+
+class Raw(Protocol):
+    """How the client sends one request: ``(method, path?query) -> (status, body)``; raises
+    DockerUnavailable when the engine cannot be reached."""
+
+    def send(self, method: str, target: str) -> tuple[int, bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class Engine:
+    """The Engine API at ``address``, through ``transport`` (an httpx transport; default: HTTP/1.1
+    straight on the socket, or httpx's transport for TLS)."""
+
+    def __init__(
+        self,
+        address: EngineAddress,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.address = address
+        raw: Raw
+        if transport is not None:
+            raw = _HttpxRaw(address, transport, timeout)
+        elif address.tls is None:
+            raw = _SocketRaw(address, timeout)
+        else:
+            raw = _HttpxRaw(address, address.httpx_transport(), timeout)
+        self._raw = raw
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def ping(self) -> None:
+        self._request("GET", "/_ping")
+
+    def containers(self, labels: Iterable[str] = (), all: bool = True) -> list[Container]:
+        """Containers (stopped ones too unless ``all`` is false) carrying every label filter
+        (``KEY`` or ``KEY=VALUE``)."""
+        params = {"all": "1" if all else "0", **_filters(labels)}
+        rows = self._request("GET", "/containers/json", params).json()
+        return [
+            Container(
+                id=row["Id"],
+                name=((row.get("Names") or ["/"])[0]).lstrip("/"),
+                state=row.get("State") or "unknown",
+                status=row.get("Status") or "",
+                labels=row.get("Labels") or {},
+            )
+            for row in rows
+        ]
+
+    def inspect(self, container_id: str) -> ContainerDetails:
+        """What the listing does not say about a container: its main process, restarts."""
+        data = self._request("GET", f"/containers/{_segment(container_id)}/json").json()
+        state = data.get("State") or {}
+        return ContainerDetails(
+            id=data.get("Id") or container_id,
+            pid=state.get("Pid") or None,
+            restart_count=data.get("RestartCount") or 0,
+            started_at=state.get("StartedAt") or "",
+        )
+
+    def container_pid(self, container_id: str) -> int | None:
+        """The host pid of the container's main process (None when it does not run)."""
+        return self.inspect(container_id).pid
+
+    def container_restarts(self, container_id: str) -> int:
+        """How often the engine restarted the container (its restart policy at work)."""
+        return self.inspect(container_id).restart_count
+
+    def stats(self, container_id: str) -> StatsSample:
+        """One reading of the container's counters. The engine answers at its stats
+        collector's next tick (about a second), whatever the number of callers waiting."""
+        params = {"stream": "false", "one-shot": "true"}
+        data = self._request("GET", f"/containers/{_segment(container_id)}/stats", params).json()
+        cpu = data.get("cpu_stats") or {}
+        usage = cpu.get("cpu_usage") or {}
+        memory = data.get("memory_stats") or {}
+        stat = memory.get("stats") or {}
+        return StatsSample(
+            cpu_total_ns=usage.get("total_usage") or 0,
+            system_cpu_ns=cpu.get("system_cpu_usage") or 0,
+            online_cpus=cpu.get("online_cpus") or len(usage.get("percpu_usage") or [1]),
+            memory_usage=memory.get("usage") or 0,
+            # cgroup v2 says inactive_file, v1 total_inactive_file (with its children)
+            inactive_file=stat.get("inactive_file", stat.get("total_inactive_file", 0)) or 0,
+        )
+
+    def remove_container(self, container_id: str, volumes: bool = False) -> bool:
+        """Force-remove a container (and its anonymous volumes); False when it was gone."""
+        params = {"force": "1", "v": "1" if volumes else "0"}
+        return self._remove(f"/containers/{_segment(container_id)}", params)
+
+    def networks(self, labels: Iterable[str] = ()) -> list[Network]:
+        rows = self._request("GET", "/networks", _filters(labels)).json()
+        return [Network(row["Id"], row["Name"], row.get("Labels") or {}) for row in rows]
+
+    def remove_network(self, network_id: str) -> bool:
+        return self._remove(f"/networks/{_segment(network_id)}")
+
+    def volumes(self, labels: Iterable[str] = ()) -> list[Volume]:
+        data = self._request("GET", "/volumes", _filters(labels)).json()
+        return [Volume(row["Name"], row.get("Labels") or {}) for row in data.get("Volumes") or []]
+
+    def remove_volume(self, name: str) -> bool:
+        return self._remove(f"/volumes/{_segment(name)}", {"force": "1"})
+
+    def _remove(self, path: str, params: Mapping[str, str] | None = None) -> bool:
+        try:
+            self._request("DELETE", path, params)
+        except NotFound:
+            return False
+        return True
+
+    def _request(self, method: str, path: str, params: Mapping[str, str] | None = None) -> Reply:
+        target = f"{path}?{urlencode(params)}" if params else path
+        status, body = self._raw.send(method, target)
+        reply = Reply(status, body)
+        if 200 <= status < 300:
+            return reply
+        error = NotFound if status == 404 else EngineError
+        raise error(f"Docker: {_message(reply)}", status)
+
+
+class Reply:
+    """An answer: status and body (a plain class: one per request, nothing to generate)."""
+
+    __slots__ = ("body", "status")
+
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status = status
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body)
+
+
+class _SocketRaw:
+    """Requests over the engine's socket (unix or plain TCP). Connections are kept alive in a
+    small idle pool: stats of many containers are fetched from a pool of threads, each taking a
+    connection for one exchange at a time."""
+
+    MAX_IDLE = 8
+
+    def __init__(self, address: EngineAddress, timeout: float) -> None:
+        self._address = address
+        self._timeout = timeout
+        self._idle: list[_Connection] = []
+        self._lock = threading.Lock()
+
+    def send(self, method: str, target: str) -> tuple[int, bytes]:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        for attempt in (1, 2):
+            reused = conn is not None
+            try:
+                if conn is None:
+                    conn = self._connect()
+                status, body, keep = conn.exchange(method, target)
+            except (OSError, BadResponse) as exc:
+                if conn is not None:
+                    conn.close()
+                conn = None
+                if reused and attempt == 1 and not isinstance(exc, TimeoutError):
+                    continue  # the engine closed the idle connection: once more on a new one
+                raise DockerUnavailable(self._unreachable(exc)) from None
+            with self._lock:
+                if keep and len(self._idle) < self.MAX_IDLE:
+                    self._idle.append(conn)
+                    conn = None
+            if conn is not None:
+                conn.close()
+            return status, body
+        raise AssertionError("not reached")
+
+    def _connect(self) -> _Connection:
+        address = self._address
+        if address.scheme == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            where: str | tuple[str, int] = address.path
+        else:
+            sock = socket.socket(socket.AF_INET6 if ":" in address.host else socket.AF_INET)
+            where = (address.host, address.port)
+        sock.settimeout(self._timeout)
+        try:
+            sock.connect(where)
+        except OSError:
+            sock.close()
+            raise
+        return _Connection(sock, "localhost" if address.scheme == "unix" else address.host)
+
+    def _unreachable(self, exc: Exception) -> str:
+        if isinstance(exc, TimeoutError):
+            reason = "it did not answer in time"
+        elif isinstance(exc, FileNotFoundError | ConnectionRefusedError):
+            reason = "is dockerd running?"
+        else:
+            reason = (str(exc).splitlines() or [""])[0][:200] or type(exc).__name__
+        return f"cannot reach the Docker daemon at {self._address}: {reason}"
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+class BadResponse(Exception):
+    """What came back is not an HTTP/1.1 response this client understands."""
+
+
+class _Connection:
+    """One HTTP/1.1 exchange at a time on a connected socket.
+
+    Deliberately small: the standard library's http.client would do, but importing it (with the
+    email package and ssl) costs about a tenth of a fresh `list`. The engine is a Go net/http
+    server; requests here carry no body, and responses come with Content-Length, chunked, or
+    (HTTP/1.0 style) until the connection closes.
+    """
+
+    MAX_LINE = 65536
+
+    def __init__(self, sock: socket.socket, host: str) -> None:
+        self._sock = sock
+        self._file = sock.makefile("rb")
+        self._host = host
+
+    def exchange(self, method: str, target: str) -> tuple[int, bytes, bool]:
+        """(status, body, whether the connection stays usable)."""
+        request = f"{method} {target} HTTP/1.1\r\nHost: {self._host}\r\nContent-Length: 0\r\n\r\n"
+        self._sock.sendall(request.encode("ascii"))
+        while True:
+            version, status = self._status_line()
+            headers = self._headers()
+            if status >= 200 or status == 101:
+                break  # an interim 1xx answer is followed by the real one
+        keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        if method == "HEAD" or status in (204, 304):
+            return status, b"", keep
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            return status, self._chunked(), keep
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise BadResponse(f"bad Content-Length {length[:40]!r}")
+            return status, self._exactly(int(length)), keep
+        return status, self._file.read(), False
+
+    def _line(self) -> bytes:
+        line = self._file.readline(self.MAX_LINE + 1)
+        if not line:
+            raise ConnectionResetError("the engine closed the connection")
+        if len(line) > self.MAX_LINE or not line.endswith(b"\n"):
+            raise BadResponse("response line too long or cut short")
+        return line.rstrip(b"\r\n")
+
+    def _status_line(self) -> tuple[str, int]:
+        parts = self._line().decode("latin-1").split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise BadResponse(f"not an HTTP/1 status line: {' '.join(parts)[:60]!r}")
+        return parts[0], int(parts[1])
+
+    def _headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for _ in range(200):
+            line = self._line()
+            if not line:
+                return headers
+            name, sep, value = line.decode("latin-1").partition(":")
+            if not sep:
+                raise BadResponse(f"bad header line {line[:60]!r}")
+            headers[name.strip().lower()] = value.strip()
+        raise BadResponse("too many header lines")
+
+    def _exactly(self, size: int) -> bytes:
+        data = self._file.read(size)
+        if len(data) != size:
+            raise ConnectionResetError("the engine closed the connection mid-answer")
+        return data
+
+    def _chunked(self) -> bytes:
+        parts = []
+        while True:
+            size_text = self._line().split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise BadResponse(f"bad chunk size {size_text[:20]!r}") from None
+            if size == 0:
+                while self._line():  # trailer lines, up to the blank one
+                    pass
+                return b"".join(parts)
+            parts.append(self._exactly(size))
+            if self._line():
+                raise BadResponse("chunk not followed by CRLF")
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
+
+
+class _HttpxRaw:
+    """Requests through an httpx transport."""
+
+    def __init__(self, address: EngineAddress, transport: httpx.BaseTransport, timeout: float):
+        import httpx
+
+        self._address = address
+        self._httpx = httpx
+        self._client = httpx.Client(
+            base_url=address.base_url,
+            transport=transport,
+            timeout=timeout,
+            trust_env=False,  # proxies from the environment must not see the engine's traffic
+        )
+
+    def send(self, method: str, target: str) -> tuple[int, bytes]:
+        try:
+            response = self._client.request(method, target)
+        except self._httpx.TransportError as exc:
+            if isinstance(exc, self._httpx.TimeoutException):
+                reason = "it did not answer in time"
+            elif "No such file" in str(exc) or "Connection refused" in str(exc):
+                reason = "is dockerd running?"
+            else:
+                reason = (str(exc).splitlines() or [""])[0][:200] or type(exc).__name__
+            message = f"cannot reach the Docker daemon at {self._address}: {reason}"
+            raise DockerUnavailable(message) from None
+        return response.status_code, response.content
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _filters(labels: Iterable[str]) -> dict[str, str]:
+    labels = list(labels)
+    return {"filters": json.dumps({"label": labels})} if labels else {}
+
+
+def _segment(text: str) -> str:
+    return quote(text, safe="")
+
+
+def _message(reply: Reply) -> str:
+    try:
+        data = reply.json()
+        message = data.get("message") if isinstance(data, dict) else None
+    except ValueError:
+        message = None
+    text = message or reply.body.decode("utf-8", "replace")
+    return (text.strip().splitlines() or [""])[0][:200] or f"HTTP {reply.status}"

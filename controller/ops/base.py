@@ -1,0 +1,197 @@
+"""What every use case needs: the Context, the per-instance lock, the audit wrapper, and reading
+an instance's record, template and .env.
+
+Heavy modules (python-on-whales, the Engine API client, the renderer) are imported where they are
+used, so that cheap commands and completion start fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import attrs
+
+from controller import audit
+from controller.config import Settings
+from controller.errors import ManagerError, OperationError, UsageError
+from controller.names import validate_name
+from controller.state import READY, InstanceRecord, State, StateStore
+
+if TYPE_CHECKING:
+    from controller.envfile import EnvFile
+    from controller.templatefiles import TemplateFiles
+
+Progress = Callable[[str], None]
+WAIT_TIMEOUT = float(os.environ.get("SUPABASE_MANAGER_WAIT_TIMEOUT", "300"))
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@attrs.frozen
+class Context:
+    settings: Settings
+    store: StateStore
+
+    @classmethod
+    def of(cls, settings: Settings) -> Context:
+        return cls(settings, StateStore(settings.state_path, settings.lock_path))
+
+
+# --- guards -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def audited(ctx: Context, command: str, instance: str | None) -> Iterator[None]:
+    """One audit line for the command: ok, failed (with the one-line reason) or interrupted.
+    A UsageError means nothing changed: nothing to audit."""
+    path = ctx.settings.audit_path
+    try:
+        yield
+    except UsageError:
+        raise
+    except ManagerError as exc:
+        audit.append(path, command, instance, "failed", str(exc))
+        raise
+    except KeyboardInterrupt:
+        audit.append(path, command, instance, "interrupted")
+        raise
+    except Exception as exc:
+        audit.append(path, command, instance, "failed", type(exc).__name__)
+        raise
+    audit.append(path, command, instance, "ok")
+
+
+@contextlib.contextmanager
+def busy(ctx: Context, name: str) -> Iterator[None]:
+    """One command at a time per instance, across processes: a second one fails at once."""
+    from controller.fsutil import file_lock
+
+    try:
+        with file_lock(ctx.settings.root / "locks" / f"{name}.lock", wait=False):
+            yield
+    except BlockingIOError:
+        raise OperationError(
+            f"{name} is busy: another supabase-manager command is working on it"
+        ) from None
+
+
+def check_writable(ctx: Context) -> None:
+    """A ROOT this user cannot write (read-only mount, someone else's folder) is refused in one
+    line before anything is attempted; the probe file is gone again at once."""
+    import tempfile  # here: read-only commands never pay for it
+
+    root = ctx.settings.root
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=root)
+    except FileNotFoundError:
+        if root.parent.is_dir() and os.access(root.parent, os.W_OK):
+            return  # the first command makes ROOT
+        raise UsageError(f"the data folder {root} does not exist and cannot be made") from None
+    except OSError as exc:
+        reason = "it is read-only" if exc.errno == errno.EROFS else exc.strerror
+        raise UsageError(f"cannot write to the data folder {root}: {reason}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+# --- records, templates, files ------------------------------------------------------------------
+
+
+def record(ctx: Context, name: str, state: State | None = None) -> InstanceRecord:
+    validate_name(name)
+    state = state or ctx.store.read()
+    found = state.instances.get(name)
+    if found is None:
+        raise OperationError(f"no instance named {name!r}")
+    return found
+
+
+def require_ready(found: InstanceRecord) -> None:
+    if found.phase != READY:
+        raise OperationError(
+            f"instance {found.name!r} is incomplete: run `create {found.name}` to finish "
+            f"it or `delete {found.name}` to remove it"
+        )
+
+
+def template(ctx: Context, name: str) -> TemplateFiles:
+    """The files of an instance's template (gone from the store: OperationError)."""
+    from controller.templatefiles import TemplateFiles
+
+    path = ctx.settings.template_dir(name)
+    if not (path / "docker-compose.yml").is_file():
+        raise OperationError(f"template {name!r} is missing from {path}")
+    return TemplateFiles(path)
+
+
+def jobs(ctx: Context, found: InstanceRecord) -> set[str]:
+    """The instance's one-shot services (their exit 0 is success, not "down")."""
+    try:
+        return template(ctx, found.template).one_shot_services(found.overlays)
+    except ManagerError:
+        return set()
+
+
+def compose(ctx: Context, name: str):
+    from controller.compose import Compose
+    from controller.render import compose_files
+
+    directory = ctx.settings.instance_dir(name)
+    return Compose(name, directory, compose_files(directory))
+
+
+def docker(ctx: Context | None = None):
+    """The Engine API client, checked to answer (DockerUnavailable: one line, exit 1). With
+    ``ctx`` it sees only this ROOT's objects (controller/ownership.py)."""
+    from controller.dockerapi import DockerAPI
+    from controller.ownership import existing_root_id
+
+    # No id yet: nothing of ours can exist, and "-" matches no id ever made.
+    root = (existing_root_id(ctx.settings.root) or "-") if ctx is not None else None
+    api = DockerAPI(root=root)
+    api.ping()
+    return api
+
+
+def env_text(ctx: Context, name: str) -> str:
+    path = ctx.settings.instance_dir(name) / ".env"
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise OperationError(f"{path} is missing; run `create {name}` to finish it") from None
+    except UnicodeDecodeError:
+        raise OperationError(f"{path} is not UTF-8 text; fix it by hand") from None
+    except OSError as exc:
+        raise OperationError(f"{path} cannot be read: {exc.strerror}") from None
+
+
+def env(ctx: Context, name: str) -> EnvFile:
+    from controller.envfile import EnvFile
+
+    return EnvFile.parse(env_text(ctx, name))
+
+
+def service_names(ctx: Context, found: InstanceRecord) -> list[str]:
+    return sorted(template(ctx, found.template).services(found.overlays))
+
+
+def check_services(ctx: Context, found: InstanceRecord, services: list[str] | None):
+    """``services`` when the instance has each of them, else UsageError naming the unknown one."""
+    if not services:
+        return None
+    try:
+        known = set(service_names(ctx, found))
+    except ManagerError:
+        known = set()
+    unknown = [s for s in services if s not in known]
+    if unknown:
+        raise UsageError(
+            f"{found.name} has no service {unknown[0]!r}; services: {', '.join(sorted(known))}"
+        )
+    return services

@@ -1,0 +1,231 @@
+"""Running instances: start, stop, restart (all or some services), start every instance marked
+to run (boot), delete, and waiting until services are healthy.
+
+Each command refuses an unknown name before taking the instance's lock, then reads the record
+again under that lock, so it acts on what the previous command left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Callable
+
+from controller import faults
+from controller.errors import DockerUnavailable, ManagerError, OperationError, UsageError
+from controller.names import validate_name
+from controller.ops import publish
+from controller.ops.base import (
+    WAIT_TIMEOUT,
+    Context,
+    Progress,
+    audited,
+    busy,
+    check_services,
+    check_writable,
+    compose,
+    docker,
+    jobs,
+    quiet,
+    record,
+    require_ready,
+)
+from controller.state import READY
+
+
+def wait_healthy(
+    ctx: Context,
+    name: str,
+    progress: Progress,
+    services: list[str] | None = None,
+    timeout: float | None = None,
+) -> None:
+    """Wait until the containers (of ``services``, or all) run, healthy where they have a
+    healthcheck; a one-shot job only has to exit 0."""
+    from controller.status import job_done
+
+    api = docker(ctx)
+    one_shot = jobs(ctx, record(ctx, name))
+    deadline = time.monotonic() + (WAIT_TIMEOUT if timeout is None else timeout)
+    last = ""
+    while True:
+        containers = [c for c in api.containers(name) if not services or c.service in services]
+        waiting = [
+            c
+            for c in containers
+            if not (c.state == "running" and c.health in (None, "healthy"))
+            and not job_done(c, one_shot)
+        ]
+        if containers and not waiting:
+            progress(f"{name}: all {len(containers)} services are up")
+            return
+        words = sorted(f"{c.service}: {c.health or c.state}" for c in waiting)
+        line = "waiting for " + ", ".join(words) if words else "waiting for containers"
+        if line != last:
+            progress(line)
+            last = line
+        failed = [c for c in waiting if c.state in ("exited", "dead")]
+        if failed or time.monotonic() > deadline:
+            culprit = (failed or waiting or [None])[0]
+            what = (
+                f"service {culprit.service} ({culprit.health or culprit.state})"
+                if culprit
+                else "its containers"
+            )
+            raise OperationError(f"{name}: {what} did not become healthy")
+        time.sleep(0.5)
+
+
+def _mark(ctx: Context, name: str, autostart: bool | None = None, started: bool = False) -> None:
+    with ctx.store.transaction() as state:
+        found = state.instances.get(name)
+        if found is None:
+            return
+        if autostart is not None:
+            found.autostart = autostart
+        if started:
+            found.started = True
+
+
+def _verb(verb: str, services: list[str] | None) -> str:
+    return " ".join([verb, *(services or [])])
+
+
+def own_project(ctx: Context, name: str):
+    """The engine client, once sure compose project ``name`` holds no container that is not
+    this ROOT's: compose works by project name and would change or remove it (exit 2)."""
+    api = docker(ctx)
+    foreign = api.foreign_containers(name)
+    if foreign:
+        raise UsageError(
+            f"compose project {name} on the Docker engine holds {foreign[0]}, which is not "
+            "this ROOT's: left alone"
+        )
+    return api
+
+
+def start(
+    ctx: Context,
+    name: str,
+    services: list[str] | None = None,
+    progress: Progress = quiet,
+    recover: Callable[[str, Progress], object] | None = None,
+) -> None:
+    """``recover(name, progress)`` runs first under the instance's lock (a killed restore is
+    finished or undone there)."""
+    record(ctx, name)  # an unknown name is refused before its lock file is made
+    check_writable(ctx)
+    with audited(ctx, _verb("start", services), name), busy(ctx, name):
+        if recover is not None:
+            recover(name, progress)
+        found = record(ctx, name)
+        require_ready(found)
+        services = check_services(ctx, found, services)
+        own_project(ctx, name)
+        # Marked before `up`: a crash half-way still leaves containers that delete must find.
+        _mark(ctx, name, autostart=True if not services else None, started=True)
+        compose(ctx, name).up(services)
+        wait_healthy(ctx, name, progress, services)
+
+
+def start_all(
+    ctx: Context,
+    progress: Progress = quiet,
+    recover: Callable[[str, Progress], object] | None = None,
+) -> list[str]:
+    """Start every instance marked to start (boot); returns the names started."""
+    started, failures = [], []
+    for name, found in sorted(ctx.store.read().instances.items()):
+        if found.phase != READY or not found.autostart:
+            continue
+        try:
+            start(ctx, name, progress=progress, recover=recover)
+            started.append(name)
+        except ManagerError as exc:
+            failures.append(str(exc))
+    if failures:
+        raise OperationError(f"{len(failures)} instance(s) failed to start: {failures[0]}")
+    return started
+
+
+def stop(
+    ctx: Context, name: str, services: list[str] | None = None, progress: Progress = quiet
+) -> None:
+    record(ctx, name)
+    check_writable(ctx)
+    with audited(ctx, _verb("stop", services), name), busy(ctx, name):
+        found = record(ctx, name)
+        require_ready(found)
+        services = check_services(ctx, found, services)
+        own_project(ctx, name)
+        progress(f"stopping {name}")
+        compose(ctx, name).stop(services)
+        if not services:
+            _mark(ctx, name, autostart=False)
+
+
+def restart(
+    ctx: Context, name: str, services: list[str] | None = None, progress: Progress = quiet
+) -> None:
+    record(ctx, name)
+    check_writable(ctx)
+    with audited(ctx, _verb("restart", services), name), busy(ctx, name):
+        found = record(ctx, name)
+        require_ready(found)
+        services = check_services(ctx, found, services)
+        own_project(ctx, name)
+        progress(f"restarting {name}")
+        _mark(ctx, name, started=True)
+        # `up` recreates containers whose configuration (.env) changed; restart the rest.
+        project = compose(ctx, name)
+        project.up(services)
+        project.restart(services)
+        wait_healthy(ctx, name, progress, services)
+
+
+def delete(ctx: Context, name: str, purge: bool = False, progress: Progress = quiet) -> list[str]:
+    """Remove the instance's containers (and with ``purge`` its volumes and folder), its Caddy
+    site, then its record. Caddy down leaves a warning; an instance never started needs no
+    Docker."""
+    validate_name(name)
+    record(ctx, name)
+    check_writable(ctx)
+    warnings: list[str] = []
+    with audited(ctx, "delete" + (" --purge" if purge else ""), name), busy(ctx, name):
+        found = record(ctx, name)
+        directory = ctx.settings.instance_dir(name)
+        try:
+            api = docker(ctx)
+        except DockerUnavailable:
+            if found.started:
+                raise
+            api = None  # never started: no container, network or volume can exist
+        if api is not None:
+            progress(f"removing the containers of {name}")
+            foreign = api.foreign_containers(name)
+            if foreign:
+                # compose down works by project name: it would remove the other stack too.
+                warnings.append(
+                    f"compose project {name} also holds {foreign[0]}, which is not this "
+                    "ROOT's: left alone"
+                )
+            elif (directory / ".env").is_file():
+                with contextlib.suppress(OperationError):
+                    compose(ctx, name).down(volumes=purge)
+            faults.point("delete.down")
+            api.remove_instance_leftovers(name, volumes=purge)
+            faults.point("delete.leftovers")
+        warnings += publish.unpublish(ctx, name)
+        faults.point("delete.unpublished")
+        if purge:
+            progress(f"removing {directory}")
+            failed: list[str] = []
+            if directory.exists():
+                shutil.rmtree(directory, onerror=lambda _f, path, _e: failed.append(path))
+            if failed:
+                warnings.append(f"{failed[0]} could not be removed; remove it by hand")
+            faults.point("delete.purged")
+        with ctx.store.transaction() as state:
+            state.instances.pop(name, None)
+    return warnings

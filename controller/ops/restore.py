@@ -1,0 +1,611 @@
+"""Restores: put an instance back to a backup (in place, after a delete, or as a new instance),
+or prove a backup restorable in a throwaway project (``--dry-run``).
+
+In place, the current data is moved aside first (folder renamed, named volumes copied) and only
+removed once the restored instance is healthy; if it does not become healthy the aside copy is
+put back. A marker file (ROOT/restore/NAME.json) records how far a restore got, so that a killed
+restore is finished or rolled back by the next `restore` or `start` of that instance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+
+from controller import backupplan as bp
+from controller import containerio
+from controller.config import Settings
+from controller.errors import ManagerError, OperationError, UsageError
+from controller.fsutil import atomic_write, ensure_dir
+from controller.names import validate_name
+from controller.ops.backup import instance_lock, superuser
+from controller.restic import Restic, Snapshot
+from controller.state import CREATING, READY, InstanceRecord, StateStore, TemplateRecord, converter
+
+Progress = Callable[[str], None]
+ASIDE_SUFFIX = "-sbm-aside"
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@attrs.frozen
+class Hooks:
+    """What the facade lends a restore: waiting for health and publishing routes."""
+
+    wait_healthy: Callable[[str, Progress], None]
+    publish: Callable[[str, InstanceRecord], list[str]]
+    unpublish: Callable[[str], list[str]]
+
+
+@attrs.frozen
+class RestoreResult:
+    instance: str
+    source: str
+    backup: str
+    snapshot: str
+    created: bool
+    ports_changed: dict[str, int]
+    warnings: list[str]
+
+
+@attrs.frozen
+class Check:
+    what: str
+    ok: bool
+    detail: str
+
+
+@attrs.frozen
+class DryRunResult:
+    instance: str
+    backup: str
+    ok: bool
+    checks: list[Check]
+
+
+# --- finding the backup ------------------------------------------------------------------------
+def find_backup(restic: Restic, name: str, ref: str | None) -> tuple[Snapshot, bp.Manifest]:
+    snaps = restic.snapshots([f"{bp.SBM_TAG},part=manifest,instance={name}"])
+    if ref:
+        snaps = [s for s in snaps if s.id.startswith(ref) or s.tag("backup") == ref]
+        if not snaps:
+            raise UsageError(f"no backup {ref!r} of {name}: `backup list {name}` shows them")
+    if not snaps:
+        raise OperationError(f"no backup of {name} in {restic.repository}")
+    snap = max(snaps, key=lambda s: s.time)
+    manifest = bp.Manifest.loads(restic.cat_file(snap.id, "/" + bp.stdin_name(name, "manifest")))
+    if manifest.instance != name:
+        raise OperationError(f"snapshot {snap.short_id} is not a backup of {name}")
+    return snap, manifest
+
+
+# --- the marker ----------------------------------------------------------------------------------
+def _restore_dir(settings: Settings) -> Path:
+    return ensure_dir(settings.root / "restore", 0o700)
+
+
+def _marker_path(settings: Settings, name: str) -> Path:
+    return settings.root / "restore" / f"{name}.json"
+
+
+def _write_marker(settings: Settings, name: str, data: dict) -> None:
+    _restore_dir(settings)
+    atomic_write(_marker_path(settings, name), json.dumps(data, indent=2), mode=0o600)
+
+
+def _aside_dir(settings: Settings, name: str) -> Path:
+    return settings.root / "restore" / f"{name}.aside"
+
+
+# --- putting data in place ----------------------------------------------------------------------
+def _volume_labels(project: str, key: str) -> dict[str, str]:
+    return {"com.docker.compose.project": project, "com.docker.compose.volume": key}
+
+
+def _stream_in(
+    restic: Restic, snapshot: str, path: str, image: str, mounts: dict[str, str], what: str
+) -> None:
+    dump = restic.dump(snapshot, path)
+    try:
+        tin = containerio.tar_in(image, mounts, dump.stdout)
+    finally:
+        if dump.stdout:
+            dump.stdout.close()
+    try:
+        containerio.finish(tin, f"extracting {what}")
+    finally:
+        restic.finish_dump(dump)
+
+
+def materialize(
+    restic: Restic, manifest: bp.Manifest, folder: Path, project: str, progress: Progress
+) -> None:
+    """The backup's folder, volumes and database files for compose project ``project``."""
+    ensure_dir(folder.parent, 0o755)
+    ensure_dir(folder, 0o700)
+    name = manifest.instance
+    restic.restore(manifest.parts["files"].snapshot, folder, progress)
+    helper = _db_image(manifest)
+    if "volumes" in manifest.parts:
+        mounts = {}
+        for key in sorted(manifest.volumes):
+            volume = f"{project}_{key}"
+            containerio.remove_volume(volume)
+            containerio.create_volume(volume, _volume_labels(project, key))
+            mounts[key] = volume
+        progress(f"restoring volumes {', '.join(mounts)}")
+        path = "/" + bp.stdin_name(name, "volumes")
+        _stream_in(restic, manifest.parts["volumes"].snapshot, path, helper, mounts, "volumes")
+    pgdata = manifest.pgdata_mount()
+    if pgdata is not None and "db" in manifest.parts:
+        progress("restoring the database files")
+        if pgdata.type == "volume":
+            mount = f"{project}_{pgdata.source}"
+            containerio.remove_volume(mount)
+            containerio.create_volume(mount, _volume_labels(project, pgdata.source))
+        else:
+            path = Path(pgdata.source)
+            path = path if path.is_absolute() else folder / path
+            if path.exists() and any(path.iterdir()):
+                raise OperationError(f"{path} is not empty: cannot restore the database into it")
+            path.mkdir(parents=True, exist_ok=True)
+            mount = str(path.resolve())
+        image = manifest.images.get(manifest.db_service or "", helper)
+        path = "/" + bp.stdin_name(name, "db")
+        snapshot = manifest.parts["db"].snapshot
+        _stream_in(restic, snapshot, path, image, {".": mount}, "the database")
+
+
+def _ensure_template(settings, store, restic: Restic, manifest: bp.Manifest, progress) -> None:
+    """A host without the backup's template gets it from the backup."""
+    target = settings.template_dir(manifest.template)
+    if (target / "docker-compose.yml").is_file() or "template" not in manifest.parts:
+        return
+    progress(f"restoring template {manifest.template} from the backup")
+    staging = settings.templates_dir / f".{manifest.template}.restoring"
+    shutil.rmtree(staging, ignore_errors=True)
+    ensure_dir(staging, 0o755)
+    restic.restore(manifest.parts["template"].snapshot, staging)
+    staging.rename(target)
+    with store.transaction() as state:
+        state.templates.setdefault(
+            manifest.template, TemplateRecord(manifest.template, f"backup:{manifest.id}")
+        )
+
+
+def _choose_ports(settings, store, record: InstanceRecord, own: str) -> dict[str, int]:
+    """The snapshot's ports where they are free, the lowest free ones of the range elsewhere."""
+    from controller.ports import allocate, host_port_free
+
+    used = store.read().used_ports(exclude=own)
+    keep = {k: p for k, p in record.ports.items() if p not in used and host_port_free(p)}
+    return allocate(list(record.ports), keep, used, settings.port_range)
+
+
+# --- the use case -------------------------------------------------------------------------------
+def restore(
+    settings: Settings,
+    store: StateStore,
+    name: str,
+    hooks: Hooks,
+    ref: str | None = None,
+    as_name: str | None = None,
+    progress: Progress = _quiet,
+) -> RestoreResult:
+    validate_name(name)
+    target = as_name or name
+    validate_name(target)
+    if as_name:
+        state = store.read()
+        if as_name in state.instances:
+            raise UsageError(f"instance {as_name!r} already exists: pick another name for --as")
+        mine = set(settings.hosts(as_name).values())
+        for other in state.instances:
+            if mine & set(settings.hosts(other).values()):
+                raise UsageError(
+                    f"instance name {as_name!r} would share a host name with instance {other!r}"
+                )
+    restic, _ = bp.open_repository(settings)
+    snap, manifest = find_backup(restic, name, ref)
+    with instance_lock(settings, target):
+        recover(settings, store, target, hooks, progress)
+        existing = store.read().instances.get(target)
+        if existing is not None:
+            return _in_place(settings, store, restic, snap, manifest, existing, hooks, progress)
+        return _fresh(settings, store, restic, snap, manifest, target, hooks, progress)
+
+
+def _compose(settings: Settings, name: str):
+    from controller.compose import Compose
+    from controller.render import compose_files
+
+    folder = settings.instance_dir(name)
+    return Compose(name, folder, compose_files(folder))
+
+
+def _project_volumes(project: str) -> list[str]:
+    """The engine's volumes of compose project ``project`` (named in its files or not)."""
+    out = containerio.run_docker(
+        ["volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}"],
+        "docker volume ls",
+    )
+    return [v for v in out.split() if not v.endswith(ASIDE_SUFFIX)]
+
+
+def _set_aside(settings, name: str, image: str | None, marker: dict, progress) -> None:
+    """Stop the instance and move its folder and volumes aside, noting each step in the marker
+    before the original goes, so that a kill at any point can be undone."""
+    folder = settings.instance_dir(name)
+    aside = Path(marker["aside"])
+    _write_marker(settings, name, marker)
+    progress(f"stopping {name} and moving its data aside")
+    if (folder / ".env").is_file():
+        with contextlib.suppress(OperationError):
+            _compose(settings, name).down(volumes=False)
+    ensure_dir(aside, 0o700)
+    if folder.exists():
+        folder.rename(aside / "folder")
+    for volume in _project_volumes(name):
+        containerio.copy_volume(image, volume, volume + ASIDE_SUFFIX)
+        marker["volumes"].append(volume)
+        _write_marker(settings, name, marker)  # the copy is whole: the original may go
+        containerio.remove_volume(volume)
+    marker["phase"] = "restoring"
+    _write_marker(settings, name, marker)
+
+
+def _marker(settings, name: str, manifest: bp.Manifest, record, image) -> dict:
+    return {
+        "phase": "aside",
+        "backup": manifest.id,
+        "record": converter.unstructure(record) if record is not None else None,
+        "aside": str(_aside_dir(settings, name)),
+        "volumes": [],
+        "image": image,
+        "created": record is None,
+    }
+
+
+def _db_image(manifest: bp.Manifest) -> str:
+    return manifest.images.get(manifest.db_service or "") or next(iter(manifest.images.values()))
+
+
+def _in_place(settings, store, restic, snap, manifest, existing, hooks, progress):
+    name = existing.name
+    marker = _marker(settings, name, manifest, existing, _db_image(manifest))
+    _set_aside(settings, name, marker["image"], marker, progress)
+    return _finish(settings, store, restic, snap, manifest, name, existing, hooks, progress, marker)
+
+
+def _fresh(settings, store, restic, snap, manifest, target, hooks, progress):
+    # A folder and volumes kept by `delete` without --purge are set aside like live data.
+    marker = _marker(settings, target, manifest, None, _db_image(manifest))
+    _set_aside(settings, target, marker["image"], marker, progress)
+    return _finish(settings, store, restic, snap, manifest, target, None, hooks, progress, marker)
+
+
+def _finish(settings, store, restic, snap, manifest, target, existing, hooks, progress, marker):
+    from controller.render import render_instance
+    from controller.templatefiles import TemplateFiles
+
+    warnings: list[str] = []
+    # The database goes back in time: its next backup must not take it for unchanged.
+    bp.remember_db_snapshot(settings, None, target, None, None)
+    try:
+        _ensure_template(settings, store, restic, manifest, progress)
+        folder = settings.instance_dir(target)
+        materialize(restic, manifest, folder, target, progress)
+        record = converter.structure(dict(manifest.record), InstanceRecord)
+        record.name = target
+        record.created_at = existing.created_at if existing else record.created_at
+        before = dict(record.ports)
+        record.ports = (
+            dict(existing.ports) if existing else _choose_ports(settings, store, record, target)
+        )
+        changed = {k: p for k, p in record.ports.items() if before.get(k) != p}
+        if target != manifest.instance or changed:
+            files = TemplateFiles(settings.template_dir(record.template))
+            render_instance(settings, record, files, [])
+        record.phase = READY if existing else CREATING
+        record.autostart = True
+        with store.transaction() as state:
+            state.instances[target] = record
+        marker["phase"] = "starting"
+        _write_marker(settings, target, marker)
+        progress(f"starting {target}")
+        _compose(settings, target).up()
+        hooks.wait_healthy(target, progress)
+        warnings += hooks.publish(target, record)
+        with store.transaction() as state:
+            if target in state.instances:
+                state.instances[target].phase = READY
+    except BaseException as exc:
+        reason = str(exc) if isinstance(exc, ManagerError) else type(exc).__name__
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise  # the marker stays: the next restore or start rolls back
+        _rollback(settings, store, target, hooks, marker, progress)
+        what = "put back what was there" if not marker["created"] else f"removed {target} again"
+        raise OperationError(f"restore of {target} failed ({reason}); {what}") from None
+    marker["phase"] = "cleanup"
+    _write_marker(settings, target, marker)
+    _cleanup(settings, target, marker)
+    if target != manifest.instance:
+        warnings.append(
+            f"{target} keeps the secrets of {manifest.instance}'s backup (passwords, JWT keys); "
+            "rotate them if the two must not share any"
+        )
+    if changed:
+        ports = ", ".join(f"{k}->{p}" for k, p in sorted(changed.items()))
+        warnings.append(f"ports taken elsewhere were re-allocated: {ports}")
+    return RestoreResult(
+        instance=target,
+        source=manifest.instance,
+        backup=manifest.id,
+        snapshot=snap.short_id,
+        created=bool(marker["created"]),
+        ports_changed=changed,
+        warnings=warnings,
+    )
+
+
+def _cleanup(settings: Settings, name: str, marker: dict) -> None:
+    """After success: drop the aside copy, then the marker."""
+    shutil.rmtree(marker["aside"], ignore_errors=True)
+    for volume in marker["volumes"]:
+        with contextlib.suppress(OperationError):
+            containerio.remove_volume(volume + ASIDE_SUFFIX)
+    with contextlib.suppress(FileNotFoundError):
+        _marker_path(settings, name).unlink()
+
+
+def _remove_restored(settings: Settings, name: str) -> None:
+    folder = settings.instance_dir(name)
+    if (folder / ".env").is_file():
+        with contextlib.suppress(OperationError):
+            _compose(settings, name).down(volumes=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _rollback(settings, store, name, hooks: Hooks, marker: dict, progress: Progress) -> None:
+    """Put back what was there before the restore began (or remove what it created)."""
+    progress(f"rolling back the restore of {name}")
+    folder = settings.instance_dir(name)
+    aside = Path(marker["aside"])
+    if marker["phase"] != "aside":
+        _remove_restored(settings, name)  # everything there now came from the backup
+    if (aside / "folder").is_dir():
+        if folder.exists():  # a kill between creating and filling it: nothing of value
+            shutil.rmtree(folder)
+        (aside / "folder").rename(folder)
+    for volume in marker["volumes"]:
+        copy = volume + ASIDE_SUFFIX
+        # During "aside" the original may still be whole (the kill came before its removal).
+        original_gone = marker["phase"] != "aside" or not containerio.volume_exists(volume)
+        if original_gone and containerio.volume_exists(copy):
+            containerio.remove_volume(volume)
+            key = volume.removeprefix(f"{name}_")
+            containerio.copy_volume(marker["image"], copy, volume, _volume_labels(name, key))
+    with store.transaction() as state:
+        if marker["record"] is not None:
+            state.instances[name] = converter.structure(marker["record"], InstanceRecord)
+        else:
+            state.instances.pop(name, None)
+    if marker["record"] is None:
+        with contextlib.suppress(ManagerError):
+            hooks.unpublish(name)
+    elif marker["record"].get("autostart", True) and (folder / ".env").is_file():
+        with contextlib.suppress(ManagerError):
+            _compose(settings, name).up()
+            hooks.wait_healthy(name, progress)
+    _cleanup(settings, name, marker)
+
+
+def recover(settings, store, name: str, hooks: Hooks, progress: Progress = _quiet) -> str | None:
+    """Finish or roll back a restore of ``name`` that was killed; what was done, or None.
+    The caller holds the instance lock."""
+    path = _marker_path(settings, name)
+    try:
+        marker = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        raise OperationError(
+            f"{path} is unreadable: a killed restore needs a look by hand"
+        ) from None
+    if marker.get("phase") == "cleanup":
+        _cleanup(settings, name, marker)
+        progress(f"finished the interrupted restore of {name}")
+        return "finished"
+    _rollback(settings, store, name, hooks, marker, progress)
+    progress(f"rolled back the interrupted restore of {name}")
+    return "rolled back"
+
+
+# --- dry run ------------------------------------------------------------------------------------
+def _dryrun_overlay(folder: Path, project: str) -> Path:
+    from controller.composemodel import instance_model
+    from controller.composeyaml import Override, dump_yaml
+    from controller.render import INSTANCE_LABEL
+
+    model = instance_model(folder)
+    services = {}
+    for service in model.services:
+        services[service] = {
+            "container_name": f"{project}-{service}",
+            "ports": Override([]),
+            "labels": {INSTANCE_LABEL: project},
+        }
+    doc: dict = {"services": services}
+    for section, items in (("networks", model.networks), ("volumes", model.volumes)):
+        fixed = {k: {"name": f"{project}_{k}"} for k, r in items.items() if r.fixed_name}
+        if fixed:
+            doc[section] = fixed
+    path = folder / "docker-compose.sbm-dryrun.yml"
+    path.write_text(dump_yaml(doc))
+    return path
+
+
+def _compose_argv(folder: Path, project: str, overlay: Path) -> list[str]:
+    from controller.render import compose_files
+
+    argv = ["compose", "-p", project, "--project-directory", str(folder)]
+    for path in [*compose_files(folder), overlay]:
+        argv += ["-f", str(path)]
+    return [*argv, "--env-file", str(folder / ".env")]
+
+
+def _wait_container(container: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = containerio.run_docker(
+            [
+                "inspect",
+                "-f",
+                "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
+                container,
+            ],
+            "docker inspect",
+        ).split()
+        if state and state[0] == "running" and (len(state) == 1 or state[1] == "healthy"):
+            return
+        if state and state[0] in ("exited", "dead"):
+            raise OperationError(f"the restored database exited ({container})")
+        if time.monotonic() > deadline:
+            raise OperationError("the restored database did not become healthy")
+        time.sleep(0.5)
+
+
+def dry_run(
+    settings: Settings, name: str, ref: str | None = None, progress: Progress = _quiet
+) -> DryRunResult:
+    from controller.envfile import EnvFile
+
+    validate_name(name)
+    restic, _ = bp.open_repository(settings)
+    _, manifest = find_backup(restic, name, ref)
+    token = secrets.token_hex(4)
+    project = f"sbm_dryrun_{token}"
+    folder = _restore_dir(settings) / f"dryrun-{token}"
+    checks: list[Check] = []
+    overlay = None
+    try:
+        materialize(restic, manifest, folder, project, progress)
+        checks.append(Check("restic restore of every part", True, f"backup {manifest.id}"))
+        nodes = restic.ls(manifest.parts["files"].snapshot)
+        files = [n for n in nodes if n.type == "file"]
+        wrong = [n.path for n in files if _size(folder / n.path.lstrip("/")) != n.size]
+        checks.append(
+            Check(
+                "restored files match the snapshot's sizes",
+                not wrong,
+                f"{len(files) - len(wrong)}/{len(files)} files"
+                + (f"; e.g. {wrong[0]}" if wrong else ""),
+            )
+        )
+        if manifest.db_service and "db" in manifest.parts:
+            overlay = _dryrun_overlay(folder, project)
+            progress("starting the restored database (no port, no route)")
+            containerio.run_docker(
+                [
+                    *_compose_argv(folder, project, overlay),
+                    "up",
+                    "-d",
+                    "--no-deps",
+                    manifest.db_service,
+                ],
+                "starting the restored database",
+            )
+            container = f"{project}-{manifest.db_service}"
+            _wait_container(container)
+            published = containerio.run_docker(["port", container], "docker port").strip()
+            checks.append(Check("the throwaway project publishes no port", not published, project))
+            env = EnvFile.parse((folder / ".env").read_text())
+            password = env.get("POSTGRES_PASSWORD") or ""
+            database = env.get("POSTGRES_DB") or "postgres"
+            checks += _db_checks(container, password, database, manifest)
+    except ManagerError as exc:
+        checks.append(Check("restore into a throwaway project", False, str(exc)))
+    finally:
+        progress("removing the throwaway project")
+        if overlay is not None:
+            with contextlib.suppress(ManagerError):
+                containerio.run_docker(
+                    [*_compose_argv(folder, project, overlay), "down", "-v", "--remove-orphans"],
+                    "removing the throwaway project",
+                )
+        _remove_project_volumes(project)
+        shutil.rmtree(folder, ignore_errors=True)
+    return DryRunResult(name, manifest.id, all(c.ok for c in checks), checks)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
+
+
+def _remove_project_volumes(project: str) -> None:
+    with contextlib.suppress(ManagerError):
+        out = containerio.run_docker(
+            ["volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}"],
+            "docker volume ls",
+        )
+        for volume in out.split():
+            containerio.remove_volume(volume)
+
+
+def _db_checks(container: str, password: str, database: str, manifest: bp.Manifest) -> list[Check]:
+    from controller.ops.backup import _SCHEMAS_SQL, _psql
+
+    checks = []
+    try:
+        user = superuser(container, password)
+    except OperationError as exc:
+        return [Check("Postgres accepts connections as the superuser", False, str(exc))]
+    checks.append(Check("Postgres accepts connections as the superuser", True, user))
+    schemas = {row[0] for row in _psql(container, user, database, _SCHEMAS_SQL, password)}
+    missing = [s for s in manifest.schemas if s not in schemas]
+    checks.append(
+        Check(
+            "the instance's schemas are there",
+            not missing,
+            f"{len(manifest.schemas) - len(missing)}/{len(manifest.schemas)}"
+            + (f"; missing {', '.join(missing[:3])}" if missing else ""),
+        )
+    )
+    if manifest.tables:
+        parts = [
+            f"select '{_lit(s)}.{_lit(t)}', count(*) from {_ident(s)}.{_ident(t)}"
+            for s, t, _ in manifest.tables
+        ]
+        try:
+            rows = _psql(container, user, database, " union all ".join(parts), password)
+            total = sum(int(r[1]) for r in rows)
+            checks.append(
+                Check(
+                    "every table reads back (row counts)",
+                    len(rows) == len(manifest.tables),
+                    f"{len(rows)} tables, {total} rows",
+                )
+            )
+        except OperationError as exc:
+            checks.append(Check("every table reads back (row counts)", False, str(exc)))
+    return checks
+
+
+def _ident(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def _lit(text: str) -> str:
+    return text.replace("'", "''")

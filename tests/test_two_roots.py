@@ -1,0 +1,202 @@
+"""Two data roots on one Docker engine: neither sees, changes or deletes the other's objects, and
+they never hand out the same host ports.
+
+Supabase's images cannot be pulled here: the instance runs the stand-in overlay
+(tests/world/standin.py) through --extra-compose. Root B has no Caddy (its admin address is
+closed), which only makes its commands warn.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from controller.labels import ROOT_LABEL
+from tests.world.standin import write_standin_overlay
+from tests.world.templates import fixtures_dir
+
+FIXTURE = fixtures_dir() / "v0.8.2"
+CLI = [sys.executable, "-m", "shell"]
+PORT_RANGE = "26100-26399"
+
+pytestmark = pytest.mark.docker
+
+
+class Root:
+    def __init__(self, root: Path, domain: str, caddy_admin: str, public_port: int) -> None:
+        self.root = root
+        self.env = {
+            **os.environ,
+            "SUPABASE_MANAGER_ROOT": str(root),
+            "SUPABASE_MANAGER_DOMAIN": domain,
+            "SUPABASE_MANAGER_SCHEME": "http",
+            "SUPABASE_MANAGER_PUBLIC_PORT": str(public_port),
+            "SUPABASE_MANAGER_CADDY_ADMIN": caddy_admin,
+            "SUPABASE_MANAGER_PORT_RANGE": PORT_RANGE,
+            "SUPABASE_MANAGER_WAIT_TIMEOUT": "120",
+            "NO_COLOR": "1",
+        }
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*CLI, *args], env=self.env, capture_output=True, text=True, timeout=300
+        )
+
+    def ok(self, *args: str) -> subprocess.CompletedProcess:
+        proc = self.run(*args)
+        assert proc.returncode == 0, (args, proc.stderr)
+        return proc
+
+    def ports(self, name: str) -> set[int]:
+        state = json.loads((self.root / "state.json").read_text())
+        return set(state["instances"][name]["ports"].values())
+
+    def listed(self) -> dict[str, dict]:
+        return {row["name"]: row for row in json.loads(self.ok("--json", "list").stdout)}
+
+    @property
+    def id(self) -> str:
+        return (self.root / "root-id").read_text().strip()
+
+
+def _objects(client, project: str) -> dict[str, dict[str, str]]:
+    """Containers (name -> id and state), volumes and networks of compose project ``project``."""
+    label = {"label": f"com.docker.compose.project={project}"}
+    containers = client.containers.list(all=True, filters=label, ignore_removed=True)
+    return {
+        "containers": {c.name: f"{c.id} {c.status}" for c in containers},
+        "volumes": {
+            v.name: (v.attrs.get("Labels") or {}).get(ROOT_LABEL, "")
+            for v in client.volumes.list(filters=label)
+        },
+        "networks": {
+            n.name: (n.attrs.get("Labels") or {}).get(ROOT_LABEL, "")
+            for n in client.networks.list(filters=label)
+        },
+    }
+
+
+def test_two_roots_on_one_engine(tmp_path, caddy, docker_client, docker_sandbox):
+    a = Root(tmp_path / "a", "a.test", caddy.admin_url, caddy.http_port)
+    b = Root(tmp_path / "b", "b.test", "http://127.0.0.1:9", caddy.http_port)
+    for each in (a, b):
+        each.ok("template", "import", str(FIXTURE), "--name", "t")
+    standin = write_standin_overlay(
+        [a.root / "templates" / "t" / "docker-compose.yml"], tmp_path / "standin.yml"
+    )
+    extra = ["--template", "t", "--extra-compose", str(standin)]
+
+    # B names an instance c1 first, without starting it: nothing of it is on the engine yet.
+    b.ok("create", "c1", "--no-start", *extra)
+    a.ok("create", "c1", *extra)
+    mine = _objects(docker_client, "c1")
+    assert mine["containers"] and all("running" in s for s in mine["containers"].values())
+    assert set(mine["volumes"].values()) == {a.id} and set(mine["networks"].values()) == {a.id}
+    project = {"label": "com.docker.compose.project=c1"}
+    for container in docker_client.containers.list(all=True, filters=project):
+        assert container.labels[ROOT_LABEL] == a.id
+
+    # B does not see A's containers as its own c1...
+    assert b.listed()["c1"]["status"] != "running"
+    assert a.listed()["c1"]["status"] == "running"
+    # ...cannot start over them, and its delete --purge leaves them alone.
+    started = b.run("start", "c1")
+    assert started.returncode == 2, started.stderr
+    assert "not this ROOT's" in started.stderr and len(started.stderr.strip().splitlines()) == 1
+    assert _objects(docker_client, "c1") == mine
+    b.ok("delete", "c1", "--purge", "--yes")
+    assert _objects(docker_client, "c1") == mine
+    assert "c1" not in b.listed()
+
+    # With A's c1 stopped (its ports no longer bound), B may neither take the name again nor
+    # hand out A's ports.
+    a.ok("stop", "c1")
+    refused = b.run("create", "c1", "--no-start", *extra)
+    assert refused.returncode == 2, refused.stderr
+    assert "c1" in refused.stderr and "not this ROOT's" in refused.stderr
+    assert "c1" not in json.loads((b.root / "state.json").read_text())["instances"]
+    assert not (b.root / "instances" / "c1").exists()
+    b.ok("create", "c2", "--no-start", *extra)
+    assert a.ports("c1") and not a.ports("c1") & b.ports("c2")
+    assert "c2" not in a.listed()
+
+    a.ok("delete", "c1", "--purge", "--yes")
+    assert _objects(docker_client, "c1") == {"containers": {}, "volumes": {}, "networks": {}}
+
+
+def _routed(caddy, host: str) -> str:
+    """What Caddy's listener answers for ``host`` ("" when no route has it)."""
+    return caddy.get(host).text.strip()
+
+
+def test_two_roots_on_one_engine_and_one_caddy(
+    data_root, tmp_path, caddy, docker_client, docker_sandbox
+):
+    """End to end, both ROOTs running instances behind the same Caddy, whose Caddyfile imports
+    both snippet folders: `list`, `caddy status`, `caddy sync` (also after a Caddy restart, when
+    every route is an id-less copy from a snippet), `delete --purge` and port allocation each see
+    and touch only their own ROOT's objects."""
+    a = Root(data_root, "a.test", caddy.admin_url, caddy.http_port)
+    b = Root(tmp_path / "b", "b.test", caddy.admin_url, caddy.http_port)
+    mine = f"import {caddy.snippet_dir}/*.conf\n"
+    caddy.caddyfile.write_text(
+        caddy.caddyfile_text().replace(mine, f"{mine}import {b.root}/caddy/*.conf\n")
+    )
+    caddy.restart()
+    for each in (a, b):
+        each.ok("template", "import", str(FIXTURE), "--name", "t")
+    standin = write_standin_overlay(
+        [a.root / "templates" / "t" / "docker-compose.yml"], tmp_path / "standin.yml"
+    )
+    extra = ["--template", "t", "--extra-compose", str(standin)]
+    a.ok("create", "app", *extra)
+    b.ok("create", "web", *extra)
+
+    # The same port range, yet no port handed out twice.
+    assert a.ports("app") and b.ports("web") and not a.ports("app") & b.ports("web")
+    assert list(a.listed()) == ["app"] and list(b.listed()) == ["web"]
+    assert _routed(caddy, "app.a.test") == "standin api-gw of app"
+    assert _routed(caddy, "web.b.test") == "standin api-gw of web"
+
+    def status(root: Root) -> dict:
+        st = json.loads(root.ok("--json", "caddy", "status").stdout)
+        assert st["extra"] == [] and st["extra_snippets"] == [], st
+        return st["instances"]
+
+    assert status(a) == {"app": "ok"} and status(b) == {"web": "ok"}
+    routes = caddy.routes()
+    a.ok("caddy", "sync")
+    b.ok("caddy", "sync")
+    assert caddy.routes() == routes
+
+    # Restarted, Caddy serves both from the snippets, without ids: each sync gives back its own
+    # ids and leaves the other's copy in place.
+    caddy.restart()
+    assert status(a) == {"app": "stale"} and status(b) == {"web": "stale"}
+    a.ok("caddy", "sync")
+    assert status(a) == {"app": "ok"} and status(b) == {"web": "stale"}
+    assert _routed(caddy, "web.b.test") == "standin api-gw of web"
+    b.ok("caddy", "sync")
+    assert status(a) == {"app": "ok"} and status(b) == {"web": "ok"}
+    assert _routed(caddy, "app.a.test") == "standin api-gw of app"
+
+    # B's delete --purge removes its own instance only.
+    theirs = _objects(docker_client, "app")
+    snippet = (a.root / "caddy" / "app.conf").read_text()
+    b.ok("delete", "web", "--purge", "--yes")
+    assert _objects(docker_client, "web") == {"containers": {}, "volumes": {}, "networks": {}}
+    assert _objects(docker_client, "app") == theirs
+    assert (a.root / "caddy" / "app.conf").read_text() == snippet
+    assert _routed(caddy, "web.b.test") == ""
+    assert _routed(caddy, "app.a.test") == "standin api-gw of app"
+    assert status(a) == {"app": "ok"} and status(b) == {}
+    gone = b.run("delete", "app", "--purge", "--yes")
+    assert gone.returncode == 1 and "no instance named 'app'" in gone.stderr
+    assert _objects(docker_client, "app") == theirs
+
+    a.ok("delete", "app", "--purge", "--yes")
+    assert _objects(docker_client, "app") == {"containers": {}, "volumes": {}, "networks": {}}
+    assert _routed(caddy, "app.a.test") == "" and caddy.routes() == []

@@ -1,0 +1,207 @@
+"""Template upgrades on the real engine, real compose, real restic (the backup taken first) and
+the Postgres stand-in holding real rows, through the real CLI.
+
+The new template is a copy of v0.8.2 with bumped image tags, one new variable and one new
+service. Supabase's images cannot run here: the instance layers the stand-in overlay of the old
+template (tests/world/standin.py); the new service runs a local image in the template itself, and
+a "broken" copy of the new template makes it exit, which forces the health failure.
+The Postgres major-version refusal (2025-07-15 -> v0.8.2) needs no container.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.test_rotate import World
+from tests.world.caddy import CaddyProcess
+from tests.world.dockerworld import DockerSandbox
+from tests.world.standin import write_standin_overlay
+from tests.world.templates import copy_template, fixtures_dir
+
+pytestmark = pytest.mark.docker
+
+NAME = "upg"
+# The new service runs a local image (no registry here); the broken template's copy exits at once.
+NEW_SERVICE = """
+  greeter:
+    container_name: supabase-greeter
+    image: sbm-standin/busybox:1
+    pull_policy: never
+    entrypoint: [ENTRYPOINT]
+    environment:
+      GREETING: ${GREETER_GREETING}
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:7070/"]
+      interval: 1s
+      retries: 30
+    restart: "no"
+    depends_on:
+      db:
+        condition: service_healthy
+"""
+
+
+def bumped_template(dest: Path, broken: bool = False) -> Path:
+    folder = copy_template("v0.8.2", dest)
+    compose = folder / "docker-compose.yml"
+    text = compose.read_text()
+    text = text.replace(
+        "image: supabase/studio:2026.09.07-sha-7996410", "image: supabase/studio:2026.10.01"
+    )
+    text = text.replace("image: postgrest/postgrest:v14.17", "image: postgrest/postgrest:v14.18")
+    entrypoint = '"false"' if broken else '"standin-http", "greeter says hi", "7070"'
+    service = NEW_SERVICE.replace("[ENTRYPOINT]", f"[{entrypoint}]")
+    text = text.replace("\nvolumes:\n", service + "\nvolumes:\n", 1)
+    compose.write_text(text)
+    env = folder / ".env.example"
+    env.write_text(env.read_text() + "\nGREETER_GREETING=hello\n")
+    return folder
+
+
+def psql(sql: str) -> str:
+    import subprocess
+
+    proc = subprocess.run(
+        ["docker", "exec", f"{NAME}-db", "psql", "-X", "-U", "postgres", "-tAc", sql],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def containers(docker_client) -> dict[str, str]:
+    found = docker_client.containers.list(
+        all=True, filters={"label": f"com.docker.compose.project={NAME}"}
+    )
+    return {c.labels["com.docker.compose.service"]: c.status for c in found}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, docker_client):
+    base = tmp_path_factory.mktemp("upgrade")
+    root = base / "root"
+    root.mkdir()
+    with DockerSandbox(docker_client).session():
+        caddy = CaddyProcess(root, base / "caddy-run")
+        caddy.start()
+        try:
+            w = World(root, caddy)
+            w.run("template", "import", str(fixtures_dir() / "v0.8.2"), "--name", "base")
+            w.run("template", "import", str(bumped_template(base / "bumped")), "--name", "bumped")
+            broken = bumped_template(base / "broken", broken=True)
+            w.run("template", "import", str(broken), "--name", "broken")
+            overlay = write_standin_overlay(
+                [root / "templates" / "base" / "docker-compose.yml"], base / "standin.yml"
+            )
+            w.run("create", NAME, "--template", "base", "--extra-compose", str(overlay))
+            psql("create table public.notes (id int primary key, body text)")
+            psql("insert into public.notes select g, md5(g::text) from generate_series(1, 500) g")
+            w.expected = psql("select md5(string_agg(body, ',' order by id)) from public.notes")
+            yield w
+        finally:
+            caddy.stop()
+
+
+def state(world) -> dict:
+    return json.loads((world.root / "state.json").read_text())["instances"][NAME]
+
+
+def env_value(world, key: str) -> str | None:
+    for line in (world.root / "instances" / NAME / ".env").read_text().splitlines():
+        if line.startswith(key + "="):
+            return line.partition("=")[2]
+    return None
+
+
+def test_dry_run_shows_the_difference_and_changes_nothing(world):
+    proc = world.run("--json", "upgrade", NAME, "--template", "bumped", "--dry-run")
+    diff = json.loads(proc.stdout)["diff"]
+    assert diff["added"] == ["greeter"] and diff["removed"] == []
+    images = {c["service"]: (c["old"], c["new"]) for c in diff["images"]}
+    assert images["rest"] == ("postgrest/postgrest:v14.17", "postgrest/postgrest:v14.18")
+    assert set(images) == {"rest", "studio"}
+    assert diff["new_variables"] == ["GREETER_GREETING"]
+    assert diff["major_change"] is False
+    text = world.run("upgrade", NAME, "--template", "bumped", "--dry-run").stdout
+    assert "services added: greeter" in text and "image rest:" in text
+    assert state(world)["template"] == "base"
+
+
+def test_failed_health_rolls_back_to_the_backup(world, docker_client):
+    secret = env_value(world, "JWT_SECRET")
+    proc = world.run(
+        "upgrade",
+        NAME,
+        "--template",
+        "broken",
+        check=False,
+        env={"SUPABASE_MANAGER_WAIT_TIMEOUT": "40"},
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "rolled back to base" in proc.stderr
+    assert state(world)["template"] == "base"
+    assert "greeter" not in containers(docker_client)
+    assert env_value(world, "GREETER_GREETING") is None
+    assert env_value(world, "JWT_SECRET") == secret
+    assert psql("select md5(string_agg(body, ',' order by id)) from public.notes") == world.expected
+    # The folder holds the old template's files again.
+    assert "greeter" not in (world.root / "instances" / NAME / "docker-compose.yml").read_text()
+
+
+def test_upgrade_keeps_secrets_ports_and_data(world, docker_client):
+    before = {k: env_value(world, k) for k in ("POSTGRES_PASSWORD", "JWT_SECRET", "ANON_KEY")}
+    ports = state(world)["ports"]
+    world.run("upgrade", NAME, "--template", "bumped")
+    record = state(world)
+    assert record["template"] == "bumped" and record["previous_template"] == "base"
+    assert record["upgrade_backup"]
+    assert {k: env_value(world, k) for k in before} == before
+    assert env_value(world, "GREETER_GREETING") == "hello"
+    assert record["ports"] == ports
+    status = containers(docker_client)
+    assert status["greeter"] == "running" and status["db"] == "running"
+    assert psql("select md5(string_agg(body, ',' order by id)) from public.notes") == world.expected
+    listing = json.loads(world.run("--json", "template", "list").stdout)
+    assert {t["name"]: t["instances"] for t in listing}["bumped"] == [NAME]
+
+
+def test_an_interrupted_upgrade_asks_for_a_rollback_first(world):
+    marker = world.root / "upgrade" / f"{NAME}.running"
+    assert not marker.exists()  # the successful upgrade removed it
+    marker.write_text("x\n")  # what a kill between the re-render and the health check leaves
+    try:
+        proc = world.run("upgrade", NAME, "--template", "base", check=False)
+        assert proc.returncode == 1 and f"upgrade {NAME} --rollback" in proc.stderr
+        assert state(world)["template"] == "bumped"
+    finally:
+        marker.unlink()
+
+
+def test_rollback_on_request_restores_the_previous_template(world, docker_client):
+    world.run("upgrade", NAME, "--rollback")
+    assert state(world)["template"] == "base"
+    assert "greeter" not in containers(docker_client)
+    assert psql("select md5(string_agg(body, ',' order by id)) from public.notes") == world.expected
+
+
+def test_postgres_major_change_is_refused_and_shown(world):
+    world.run("template", "import", str(fixtures_dir() / "2025-07-15"), "--name", "old")
+    world.run("create", "legacy", "--template", "old", "--no-start")
+    text = world.run("upgrade", "legacy", "--template", "base", "--dry-run").stdout
+    assert "postgres: 15 -> 17 (major)" in text
+    assert "gateway: kong (kong) -> api-gw (envoy)" in text
+    refused = world.run("upgrade", "legacy", "--template", "base", check=False)
+    assert refused.returncode == 2 and "pg_upgrade or a dump and restore" in refused.stderr
+    forced = world.run("upgrade", "legacy", "--template", "base", "--allow-major", check=False)
+    assert forced.returncode == 2 and "does not do yet" in forced.stderr
+    assert (
+        json.loads((world.root / "state.json").read_text())["instances"]["legacy"]["template"]
+        == "old"
+    )
+    shutil.rmtree(world.root / "instances" / "legacy", ignore_errors=True)
