@@ -19,7 +19,7 @@ from controller.config import Settings
 from controller.errors import OperationError
 from controller.names import validate_name
 from controller.ops import base
-from controller.state import InstanceRecord, State
+from controller.state import InstanceRecord
 from controller.views import EnvChange, InstanceDetail, InstanceSummary, TemplateView
 
 Progress = Callable[[str], None]
@@ -37,24 +37,6 @@ class Manager:
     def _audited(self, command: str, instance: str | None) -> Iterator[None]:
         with base.audited(self.ctx, command, instance):
             yield
-
-    def _busy(self, name: str):
-        return base.busy(self.ctx, name)
-
-    def _record(self, name: str, state: State | None = None) -> InstanceRecord:
-        return base.record(self.ctx, name, state)
-
-    def _require_ready(self, record: InstanceRecord) -> None:
-        base.require_ready(record)
-
-    def _template(self, name: str):
-        return base.template(self.ctx, name)
-
-    def _jobs(self, record: InstanceRecord) -> set[str]:
-        return base.jobs(self.ctx, record)
-
-    def _compose(self, name: str):
-        return base.compose(self.ctx, name)
 
     def _docker(self):
         return base.docker()
@@ -177,33 +159,6 @@ class Manager:
 
         return queries.instance_names(self.ctx)
 
-    def template_names(self) -> list[str]:
-        from controller.ops import templates
-
-        return templates.names(self.ctx)
-
-    def service_names(self, name: str) -> list[str]:
-        from controller.ops import queries
-
-        return queries.instance_services(self.ctx, name)
-
-    def overlay_names(self, template: str | None = None) -> list[str]:
-        """Overlays of one template, or of every template."""
-        from controller.ops import templates
-
-        return templates.overlay_names(self.ctx, template)
-
-    def template_port_services(self, template: str | None = None) -> list[str]:
-        """Services whose host port `create --port SERVICE=PORT` may choose."""
-        from controller.ops import templates
-
-        return templates.port_services(self.ctx, template)
-
-    def env_keys(self, name: str) -> list[str]:
-        from controller.ops import queries
-
-        return queries.env_keys(self.ctx, name)
-
     # --- env (controller/ops/env.py; the rules: controller/envpolicy.py) ------------------------
     def env_list(self, name: str, show_secrets: bool = False) -> list[tuple[str, str]]:
         from controller.ops import env
@@ -263,18 +218,10 @@ class Manager:
 
         return publish, Context(self.settings, self.store)
 
-    def _site_spec(self, name: str, record: InstanceRecord):
-        publish, ctx = self._caddy_ops()
-        return publish.site_spec(ctx, record)
-
     def _publish(self, name: str, record: InstanceRecord, spec=None) -> list[str]:
         """Write the snippet and push the live route; Caddy down only postpones the live part."""
         publish, ctx = self._caddy_ops()
         return publish.publish(ctx, record, spec)
-
-    def _unpublish(self, name: str) -> list[str]:
-        publish, ctx = self._caddy_ops()
-        return publish.unpublish(ctx, name)
 
     def caddy_sync(self, name: str | None = None) -> list[str]:
         publish, ctx = self._caddy_ops()

@@ -8,7 +8,6 @@ import re
 from collections.abc import Iterator
 
 from controller import audit
-from controller.errors import ManagerError
 from controller.names import validate_name
 from controller.ops import publish
 from controller.ops.base import (
@@ -19,7 +18,6 @@ from controller.ops.base import (
     env,
     jobs,
     record,
-    service_names,
     template,
 )
 from controller.state import InstanceRecord, State, TemplateRecord
@@ -180,23 +178,6 @@ def audit_entries(ctx: Context, name: str | None = None) -> list[dict]:
 
 def instance_names(ctx: Context) -> list[str]:
     return sorted(ctx.store.read().instances)
-
-
-def instance_services(ctx: Context, name: str) -> list[str]:
-    found = ctx.store.read().instances.get(name)
-    if found is None:
-        return []
-    try:
-        return service_names(ctx, found)
-    except (ManagerError, OSError, ValueError):
-        return []
-
-
-def env_keys(ctx: Context, name: str) -> list[str]:
-    try:
-        return env(ctx, name).keys()
-    except ManagerError:
-        return []
 
 
 def health(ctx: Context) -> dict[str, bool]:

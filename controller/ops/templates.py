@@ -89,26 +89,3 @@ def chosen(ctx: Context, requested: str | None, state: State) -> str:
     if recorded:
         return max(recorded, key=lambda t: t.added_at).name
     return sorted(available)[-1]
-
-
-def overlay_names(ctx: Context, template: str | None = None) -> list[str]:
-    """Overlays of one template, or of every template."""
-    from controller.templatefiles import TemplateFiles
-
-    found: set[str] = set()
-    for each in [template] if template else names(ctx):
-        with contextlib.suppress(ManagerError, OSError, ValueError):
-            found.update(TemplateFiles(ctx.settings.template_dir(each)).overlays())
-    return sorted(found)
-
-
-def port_services(ctx: Context, template: str | None = None) -> list[str]:
-    """Services whose host port `create --port SERVICE=PORT` may choose."""
-    from controller.templatefiles import TemplateFiles, needed_ports
-
-    found: set[str] = set()
-    for each in [template] if template else names(ctx):
-        with contextlib.suppress(ManagerError, OSError, ValueError):
-            files = TemplateFiles(ctx.settings.template_dir(each))
-            found.update(key.split(":", 1)[0] for key in needed_ports(files, ()))
-    return sorted(found)
