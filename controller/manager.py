@@ -223,6 +223,10 @@ class Manager:
         publish, ctx = self._caddy_ops()
         return publish.publish(ctx, record, spec)
 
+    def _unpublish(self, name: str) -> list[str]:
+        publish, ctx = self._caddy_ops()
+        return publish.unpublish(ctx, name)
+
     def caddy_sync(self, name: str | None = None) -> list[str]:
         publish, ctx = self._caddy_ops()
         return publish.sync(ctx, name)

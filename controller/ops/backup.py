@@ -83,7 +83,7 @@ class BackupView:
 
 @contextlib.contextmanager
 def instance_lock(settings: Settings, name: str):
-    """The same per-instance lock every mutating command takes (see Manager._busy)."""
+    """The same per-instance lock every mutating command takes (controller/ops/base.busy)."""
     try:
         with file_lock(settings.root / "locks" / f"{name}.lock", wait=False):
             yield
