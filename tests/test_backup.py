@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.world.caddy import CaddyProcess
+from tests.world.cli import CLI, CliRoot
 from tests.world.dockerworld import DockerSandbox
 from tests.world.net import free_port, wait_until
 from tests.world.standin import write_standin_overlay
@@ -29,45 +30,16 @@ from tests.world.templates import fixtures_dir
 
 pytestmark = pytest.mark.docker
 
-CLI = [sys.executable, "-m", "shell"]
 NAME = "bk"
 TEMPLATE = "v0.8.2"
 ROLE_PASSWORD = "r0le-Pa55-word"
 BIG_ROWS = 200_000
 
 
-class World:
+class World(CliRoot):
     def __init__(self, root: Path, caddy: CaddyProcess) -> None:
-        self.root = root
-        self.env = dict(os.environ)
-        self.env.update(
-            {
-                "SUPABASE_MANAGER_ROOT": str(root),
-                "SUPABASE_MANAGER_DOMAIN": "sbm.test",
-                "SUPABASE_MANAGER_SCHEME": "http",
-                "SUPABASE_MANAGER_PUBLIC_PORT": str(caddy.http_port),
-                "SUPABASE_MANAGER_CADDY_ADMIN": caddy.admin_url,
-                "SUPABASE_MANAGER_WAIT_TIMEOUT": "120",
-                "NO_COLOR": "1",
-                "SUPABASE_MANAGER_DEBUG": "1",  # a traceback with any internal error
-            }
-        )
-
-    def run(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 300):
-        proc = subprocess.run(
-            [*CLI, *args],
-            env={**self.env, **(env or {})},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{args} exited {proc.returncode}: {proc.stderr}")
-        return proc
-
-    def json(self, *args: str, env: dict | None = None):
-        return json.loads(self.run("--json", *args, env=env).stdout)
+        # SUPABASE_MANAGER_DEBUG: a traceback with any internal error
+        super().__init__(root, caddy, SUPABASE_MANAGER_DEBUG="1")
 
     @property
     def folder(self) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,13 +23,13 @@ import jwt
 import pytest
 
 from tests.world.caddy import CaddyProcess
+from tests.world.cli import CliRoot
 from tests.world.dockerworld import DockerSandbox
 from tests.world.standin import write_standin_overlay
 from tests.world.templates import fixtures_dir
 
 pytestmark = pytest.mark.docker
 
-CLI = [sys.executable, "-m", "shell"]
 NAME = "rot"
 TEMPLATE = "2025-07-15"
 # The roles supabase/postgres (migrate.sh) and the template's roles.sql give POSTGRES_PASSWORD.
@@ -47,34 +46,7 @@ PASSWORD_ROLES = (
 FAILING_PASSWORD = "f41lf41lf41lf41lf41lf41l"
 
 
-class World:
-    def __init__(self, root: Path, caddy: CaddyProcess) -> None:
-        self.root = root
-        self.caddy = caddy
-        self.env = {
-            **os.environ,
-            "SUPABASE_MANAGER_ROOT": str(root),
-            "SUPABASE_MANAGER_DOMAIN": "sbm.test",
-            "SUPABASE_MANAGER_SCHEME": "http",
-            "SUPABASE_MANAGER_PUBLIC_PORT": str(caddy.http_port),
-            "SUPABASE_MANAGER_CADDY_ADMIN": caddy.admin_url,
-            "SUPABASE_MANAGER_WAIT_TIMEOUT": "120",
-            "NO_COLOR": "1",
-        }
-
-    def run(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 300):
-        proc = subprocess.run(
-            [*CLI, *args],
-            env={**self.env, **(env or {})},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{args} exited {proc.returncode}: {proc.stderr}")
-        return proc
-
+class World(CliRoot):
     def values(self) -> dict[str, str]:
         out = {}
         for line in (self.root / "instances" / NAME / ".env").read_text().splitlines():
