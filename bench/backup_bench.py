@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.world.caddy import CaddyProcess  # noqa: E402
 from tests.world.dockerworld import DockerSandbox, connect  # noqa: E402
 from tests.world.standin import write_standin_overlay  # noqa: E402
 from tests.world.templates import fixtures_dir  # noqa: E402
@@ -66,9 +67,14 @@ def main() -> None:
         root = base / "root"
         env = dict(os.environ)
         env.pop("PYTHONDONTWRITEBYTECODE", None)
+        root.mkdir()
+        caddy = CaddyProcess(root, base / "caddy-run")  # routes are pushed to a real Caddy
         env.update(
             SUPABASE_MANAGER_ROOT=str(root),
-            SUPABASE_MANAGER_CADDY_ADMIN="http://127.0.0.1:9",  # no Caddy: routes stay pending
+            SUPABASE_MANAGER_DOMAIN="sbm.test",
+            SUPABASE_MANAGER_SCHEME="http",
+            SUPABASE_MANAGER_PUBLIC_PORT=str(caddy.http_port),
+            SUPABASE_MANAGER_CADDY_ADMIN=caddy.admin_url,
             SUPABASE_MANAGER_PORT_RANGE="40000-49999",
             SUPABASE_MANAGER_WAIT_TIMEOUT="300",
         )
@@ -82,7 +88,11 @@ def main() -> None:
         # The machine-wide lock of the test world: a test session starting meanwhile would
         # otherwise remove this bench's containers as its own leftovers.
         with DockerSandbox(connect()).session():
-            run_bench(base, root, env, cli, db_mb, files_mb)
+            caddy.start()
+            try:
+                run_bench(base, root, env, cli, db_mb, files_mb)
+            finally:
+                caddy.stop()
 
 
 def run_bench(base: Path, root: Path, env: dict, cli, db_mb: int, files_mb: int) -> None:
@@ -111,6 +121,7 @@ def run_bench(base: Path, root: Path, env: dict, cli, db_mb: int, files_mb: int)
         (storage / f"file-{i:04d}.bin").write_bytes(os.urandom(1024 * 1024))
 
     # --- backup ------------------------------------------------------------------------------
+    loads = [os.getloadavg()[0]]
     ours = timed(lambda: cli("backup", NAME))
     first = json.loads(cli("--json", "backup", "list", NAME))[-1]
     ours2_start = time.perf_counter()
@@ -143,6 +154,7 @@ def run_bench(base: Path, root: Path, env: dict, cli, db_mb: int, files_mb: int)
     shutil.rmtree(folder, ignore_errors=True)
     cli("restore", NAME)
     dry = timed(lambda: cli("restore", NAME, "--dry-run"))
+    loads.append(os.getloadavg()[0])
 
     size = first["size"]
     print()
@@ -166,6 +178,10 @@ def run_bench(base: Path, root: Path, env: dict, cli, db_mb: int, files_mb: int)
         f"{second_out['added'] / 1e6:.1f} MB added = "
         f"{second_out['added'] / max(first['added'], 1) * 100:.2f}% of the first's "
         f"{first['added'] / 1e6:.0f} MB (target < 1%)"
+    )
+    print(
+        f"machine load (1-minute average, {os.cpu_count()} cores): {loads[0]:.1f} before the "
+        f"backups, {loads[1]:.1f} after the dry run"
     )
 
 

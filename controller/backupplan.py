@@ -5,14 +5,25 @@ One backup is several restic snapshots sharing the tag ``backup=ID`` (restic 0.1
 stream per snapshot): ``part=db`` (pg_basebackup's tar), ``part=volumes`` (one tar of every
 named volume, each under its compose key), ``part=files`` (the instance folder without the
 Postgres data), ``part=template`` (once per template content: later backups name it with a
-``tpl=ID`` tag) and, written last, ``part=manifest``. A backup exists for us only once its
-manifest does, so a killed backup leaves nothing visible; `backup prune` forgets its parts.
+``tpl=ID`` tag), for an instance on another host ``part=binds`` (its bind-mounted data, read
+there, which ``files`` then leaves out) and, written last, ``part=manifest``. A backup exists
+for us only once its manifest does, so a killed backup leaves nothing visible; `backup prune`
+forgets its parts.
+
+A part whose input provably did not change since the instance's last backup in the repository
+is not read again: the manifest names the earlier snapshot (tags ``dbref=``, ``filesref=``,
+``volref=``, like ``tpl=``) and `backup prune` keeps it while such a manifest exists. What the
+last backup stored is remembered in ROOT/cache/backup-parts.json (forgotten by a restore and a
+prune); a backup of an unchanged instance is then one restic run, its manifest's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+import os
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 import attrs
@@ -70,6 +81,70 @@ class Plan:
     volumes: tuple[DataMount, ...]  # named volumes other than the Postgres data
     external_binds: tuple[str, ...]  # read-write bind mounts outside the instance folder
     images: Mapping[str, str]
+    # Read-write bind mounts inside the instance folder other than the Postgres data (relative
+    # paths: storage, functions, snippets...). On a remote host they are read there.
+    binds: tuple[str, ...] = ()
+
+
+# Where the docker CLI finds its compose plugin: a new plugin may read the same files otherwise.
+_PLUGIN_DIRS = (
+    "~/.docker/cli-plugins",
+    "/usr/local/lib/docker/cli-plugins",
+    "/usr/local/libexec/docker/cli-plugins",
+    "/usr/lib/docker/cli-plugins",
+    "/usr/libexec/docker/cli-plugins",
+)
+# Compose keys that read files the content key does not hash.
+_READS_MORE = re.compile(r"^\s*(include|extends)\s*:", re.MULTILINE)
+
+
+def instance_model_cached(settings: Settings, folder: Path):
+    """compose-go's model of an instance (controller.composemodel.instance_model), kept under
+    ROOT/cache/backup-models/ and used again while everything `docker compose config` reads is
+    the same: the compose files' names and bytes, the .env, the folder, this process's
+    environment (interpolation) and the docker CLI and compose plugin binaries. Files that
+    ``include`` or ``extend`` others are asked every time."""
+    import shutil
+
+    from controller.compose import config_json
+    from controller.composefiles import compose_files
+    from controller.composemodel import content_key, project_from, trim
+    from controller.fsutil import atomic_write, ensure_dir
+
+    folder = Path(folder)
+    files = compose_files(folder)
+    env = folder / ".env"
+    env_file = env if env.is_file() else None
+    key = None
+    try:
+        if not any(_READS_MORE.search(path.read_text()) for path in files):
+            binaries = [shutil.which("docker") or ""]
+            binaries += [str(Path(d).expanduser() / "docker-compose") for d in _PLUGIN_DIRS]
+            stats = []
+            for path in binaries:
+                with contextlib.suppress(OSError):
+                    st = os.stat(path)
+                    stats.append(f"{path} {st.st_size} {st.st_mtime_ns} {st.st_ino}")
+            extra = json.dumps(
+                [str(folder.resolve()), folder.name, stats, sorted(os.environ.items())]
+            )
+            key = content_key(files, env_file, extra)
+    except OSError:
+        key = None
+    cache = settings.root / "cache" / "backup-models" / f"{folder.name}.json"
+    if key is not None:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            data = json.loads(cache.read_text())
+            if data["key"] == key:
+                return project_from(data["model"])
+    model = trim(
+        config_json(files, folder, [env_file] if env_file else [], project=folder.name), folder
+    )
+    if key is not None:
+        with contextlib.suppress(OSError):
+            ensure_dir(cache.parent, 0o700)
+            atomic_write(cache, json.dumps({"key": key, "model": model}), mode=0o600)
+    return project_from(model)
 
 
 def plan_for(folder: Path, db_service: str | None, model=None) -> Plan:
@@ -99,6 +174,7 @@ def plan_for(folder: Path, db_service: str | None, model=None) -> Plan:
             pgdata = _data_mount(best, model)
     volumes: dict[str, DataMount] = {}
     external: list[str] = []
+    binds: list[str] = []
     for service in model.services.values():
         for mount in service.mounts:
             if mount.read_only or not mount.source:
@@ -110,6 +186,8 @@ def plan_for(folder: Path, db_service: str | None, model=None) -> Plan:
                 volumes.setdefault(item.source, item)
             elif Path(item.source).is_absolute() and item.source not in external:
                 external.append(item.source)
+            elif not Path(item.source).is_absolute() and item.source not in binds:
+                binds.append(item.source)
     return Plan(
         db_service=db_service if db is not None else None,
         db_image=db.image if db is not None else None,
@@ -118,6 +196,7 @@ def plan_for(folder: Path, db_service: str | None, model=None) -> Plan:
         volumes=tuple(volumes[k] for k in sorted(volumes)),
         external_binds=tuple(external),
         images=images,
+        binds=tuple(sorted(binds)),
     )
 
 
@@ -187,6 +266,8 @@ def stdin_name(instance: str, part: str) -> str:
         return f"{instance}/manifest.json"
     if part == "volumes":
         return f"{instance}/volumes.tar"
+    if part == "binds":
+        return f"{instance}/binds.tar"
     raise ValueError(part)
 
 
@@ -242,39 +323,156 @@ def remember_template_snapshot(
     atomic_write(path, json.dumps(data, indent=2), mode=0o600)
 
 
-def _db_cache(settings: Settings) -> Path:
-    return settings.root / "cache" / "backup-db.json"
+def _parts_cache(settings: Settings) -> Path:
+    return settings.root / "cache" / "backup-parts.json"
+
+
+def cached_parts(settings: Settings, repo: str, instance: str) -> dict[str, dict]:
+    """What the last backup of ``instance`` in ``repo`` stored, per part (db, files, volumes):
+    its snapshot, its size and the fingerprint of its input, so that an unchanged part is named
+    again instead of read again."""
+    try:
+        data = json.loads(_parts_cache(settings).read_text())
+        entries = data[repo][instance]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if not isinstance(entries, dict):
+        return {}
+    return {k: v for k, v in entries.items() if isinstance(v, dict) and v.get("snapshot")}
+
+
+def remember_parts(
+    settings: Settings, repo: str | None, instance: str, parts: Mapping[str, dict] | None
+) -> None:
+    """Record the parts of the latest backup of an instance (merged into what is known);
+    ``parts`` None forgets them all, in every repository when ``repo`` is None (a restore
+    rewinds the instance; a prune may have dropped them)."""
+    from controller.fsutil import atomic_write, ensure_dir, file_lock
+
+    path = _parts_cache(settings)
+    ensure_dir(path.parent, 0o700)
+    with file_lock(path.parent / ".backup-parts.lock"):
+        try:
+            data = json.loads(path.read_text())
+            data = data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            data = {}
+        if parts is None:
+            for key, entries in data.items():
+                if isinstance(entries, dict) and (repo is None or key == repo):
+                    entries.pop(instance, None)
+        else:
+            known = data.setdefault(repo, {}).setdefault(instance, {})
+            known.update(parts)
+        atomic_write(path, json.dumps(data, indent=2), mode=0o600)
 
 
 def cached_db_snapshot(settings: Settings, repo: str, instance: str) -> dict | None:
     """The last base backup of ``instance`` in ``repo``: its snapshot, the cluster (system id
     and timeline) and the WAL end point it holds."""
-    try:
-        data = json.loads(_db_cache(settings).read_text())
-        entry = data[repo][instance]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return entry if isinstance(entry, dict) else None
+    return cached_parts(settings, repo, instance).get("db")
 
 
 def remember_db_snapshot(
     settings: Settings, repo: str | None, instance: str, where: dict | None, snapshot: str | None
 ) -> None:
-    """Record the last base backup of an instance; ``snapshot`` None forgets it (in every
-    repository when ``repo`` is None: a restore rewinds the database)."""
-    from controller.fsutil import atomic_write, ensure_dir
-
-    path = _db_cache(settings)
-    try:
-        data = json.loads(path.read_text())
-        data = data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        data = {}
+    """Record the last base backup of an instance; ``snapshot`` None forgets every part known
+    of it (in every repository when ``repo`` is None: a restore rewinds the instance)."""
     if snapshot is None:
-        for entries in data.values():
-            if isinstance(entries, dict) and (repo is None or entries is data.get(repo)):
-                entries.pop(instance, None)
+        remember_parts(settings, repo, instance, None)
     else:
-        data.setdefault(repo, {})[instance] = {**(where or {}), "snapshot": snapshot}
-    ensure_dir(path.parent, 0o700)
-    atomic_write(path, json.dumps(data, indent=2), mode=0o600)
+        remember_parts(settings, repo, instance, {"db": {**(where or {}), "snapshot": snapshot}})
+
+
+def is_local(repo: str) -> bool:
+    return repo.startswith("/") or repo.startswith("local:")
+
+
+def snapshot_gone(repo: str, snapshot: str) -> bool:
+    """Whether a local repository lacks ``snapshot`` (a prune or a hand-run `restic forget`
+    dropped it), from its snapshot files; remote repositories are not looked at here."""
+    if is_local(repo):
+        # restic's summary names a snapshot by its short id: the file name starts with it.
+        folder = Path(repo.removeprefix("local:")) / "snapshots"
+        try:
+            return not any(entry.startswith(snapshot) for entry in os.listdir(folder))
+        except OSError:
+            return True
+    return False
+
+
+# --- fingerprints of a part's input ----------------------------------------------------------
+# A part is named again only when its input provably did not change: every entry's path, type,
+# mode, owner, size, inode, mtime and ctime are as they were (restic's own test for skipping a
+# file, plus ctime, which no program can set back). Entries touched within the timestamp
+# granularity of the fingerprint's own time are "racy" (a later write in the same tick would
+# not show) and make the fingerprint unusable, as git treats racily clean index entries.
+FINE_WINDOW = 0.1  # nanosecond timestamps: the kernel's coarse clock ticks in milliseconds
+COARSE_WINDOW = 2.0  # second (or two-second) timestamps
+
+
+def digest_listing(lines: list[str], now: float, extra: str) -> str | None:
+    """The fingerprint of a listing of ``path<TAB>type<TAB>...<TAB>mtime<TAB>ctime<TAB>...``
+    lines (fields 6 and 7 are float seconds) taken at ``now``; None when any entry is racy."""
+    import hashlib
+
+    newest, fine = 0.0, False
+    for line in lines:
+        fields = line.split("\t")
+        if len(fields) < 9:
+            return None
+        try:
+            times = (float(fields[6]), float(fields[7]))
+        except ValueError:
+            return None
+        newest = max(newest, *times)
+        fine = fine or any(t != int(t) for t in times)
+    if now - newest < (FINE_WINDOW if fine else COARSE_WINDOW):
+        return None
+    digest = hashlib.sha256(extra.encode() + b"\0")
+    for line in sorted(lines):
+        digest.update(line.encode(errors="surrogateescape") + b"\n")
+    return digest.hexdigest()
+
+
+def folder_digest(folder: Path, excludes: Sequence[str] = ()) -> str | None:
+    """The fingerprint of an instance folder as ``restic backup .`` with ``excludes`` (absolute
+    paths) reads it; None when it cannot be taken or an entry is racy."""
+    import time
+
+    now = time.time()
+    root = os.path.realpath(folder)
+    skip = {os.path.normpath(p) for p in excludes}
+    lines: list[str] = []
+
+    def add(path: str) -> None:
+        st = os.lstat(path)
+        target = os.readlink(path) if os.path.islink(path) else ""
+        rel = os.path.relpath(path, root)
+        lines.append(
+            f"{rel}\t{st.st_mode:o}\t{st.st_uid}\t{st.st_gid}\t{st.st_size}\t{st.st_ino}"
+            f"\t{st.st_mtime_ns / 1e9:.9f}\t{st.st_ctime_ns / 1e9:.9f}\t{target}"
+        )
+
+    def fail(exc: OSError) -> None:
+        raise exc
+
+    try:
+        for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
+            add(dirpath)
+            keep = []
+            for name in dirnames:
+                path = os.path.join(dirpath, name)
+                if path in skip:
+                    continue
+                if os.path.islink(path):
+                    add(path)  # restic stores the link, never what it points to
+                else:
+                    keep.append(name)
+            dirnames[:] = sorted(keep)
+            for name in sorted(filenames):
+                add(os.path.join(dirpath, name))
+    except OSError:
+        return None
+    extra = "files\0" + "\0".join(sorted(os.path.relpath(p, root) for p in skip))
+    return digest_listing(lines, now, extra)

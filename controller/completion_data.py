@@ -40,9 +40,13 @@ class CompletionSnapshot:
     instances: Mapping[str, InstanceNames] = attrs.field(factory=dict)
     templates: Mapping[str, TemplateNames] = attrs.field(factory=dict)
     default_template: str | None = None  # the newest template: what the create wizard offers
+    hosts: tuple[str, ...] = ()  # `host add`ed hosts (not "local")
 
     def instance_names(self) -> list[str]:
         return sorted(self.instances)
+
+    def host_names(self, local: bool = True) -> list[str]:
+        return (["local"] if local else []) + sorted(self.hosts)
 
     def template_names(self) -> list[str]:
         return sorted(self.templates)
@@ -92,7 +96,9 @@ def build_snapshot(settings: Settings, store: StateStore | None = None) -> Compl
         if key not in services:
             services[key] = _services(files.get(record.template), record.overlays)
         instances[name] = InstanceNames(record.template, services[key], _env_keys(settings, name))
-    return CompletionSnapshot(instances, templates, _newest(state, list(templates)))
+    return CompletionSnapshot(
+        instances, templates, _newest(state, list(templates)), tuple(sorted(state.hosts))
+    )
 
 
 def _files(settings: Settings, name: str):

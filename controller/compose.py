@@ -2,8 +2,8 @@
 
 import functools
 import shutil
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path, PurePosixPath
 
 from controller.errors import DockerUnavailable, OperationError
 
@@ -62,19 +62,45 @@ def config_json(
         raise ConfigError(f"docker compose config failed: {_one_line(exc)}") from None
 
 
-class Compose:
-    """One compose project: an instance's folder, its files and its project name."""
+def client_call(env: Mapping[str, str]) -> list[str]:
+    """The docker CLI's argv prefix with ``env`` applied (an empty value unsets the variable):
+    python-on-whales gives its processes this process's environment and nothing else."""
+    if not env:
+        return ["docker"]
+    unset = [word for key, value in sorted(env.items()) if value == "" for word in ("-u", key)]
+    assign = [f"{key}={value}" for key, value in sorted(env.items()) if value != ""]
+    return ["env", *unset, *assign, "docker"]  # env takes every -u before the first NAME=VALUE
 
-    def __init__(self, project: str, directory: Path, files: Sequence[Path]) -> None:
+
+class Compose:
+    """One compose project: an instance's folder, its files and its project name.
+
+    ``env`` points the docker CLI at the engine that runs it (``Place.docker_env()``; empty for
+    the local engine) and ``project_directory`` is the folder's path on that engine's machine:
+    compose reads ``files`` and the folder's .env here, and resolves relative bind mounts against
+    ``project_directory``, handing those paths to the engine as they are.
+    """
+
+    def __init__(
+        self,
+        project: str,
+        directory: Path,
+        files: Sequence[Path],
+        env: Mapping[str, str] | None = None,
+        project_directory: PurePosixPath | None = None,
+    ) -> None:
         from python_on_whales import DockerClient
 
         self.project = project
         self.directory = Path(directory)
+        self.env = dict(env or {})
+        self.project_directory = Path(project_directory or self.directory)
         self._docker = DockerClient(
             compose_files=list(files),
             compose_project_name=project,
-            compose_project_directory=self.directory,
+            compose_project_directory=self.project_directory,
             compose_env_files=[self.directory / ".env"],
+            client_call=client_call(self.env),
         )
 
     def _run(self, what: str, call, *args, **kwargs):

@@ -80,6 +80,12 @@ class Settings:
     backup: BackupSettings = BackupSettings()
     # Where `metrics serve` listens (HOST:PORT); checked when the exporter starts.
     metrics_listen: str = "127.0.0.1:9464"
+    # [hosts] identity_file: the SSH key for every host (`host add`); None: the agent and
+    # ssh's default keys.
+    ssh_identity: Path | None = None
+    # [hosts] known_hosts: host keys declared by the admin (NixOS), trusted beside the ones
+    # `host add --accept-new-key` records in ROOT/ssh/known_hosts.
+    ssh_known_hosts: Path | None = None
 
     @property
     def state_path(self) -> Path:
@@ -158,6 +164,8 @@ def load_settings(
     }
     kwargs: dict = {"root": root_path.absolute()}
     kwargs["backup"] = _backup_settings(data.get("backup"), env)
+    kwargs["ssh_identity"] = _ssh_file(data.get("hosts"), env, "identity_file")
+    kwargs["ssh_known_hosts"] = _ssh_file(data.get("hosts"), env, "known_hosts")
     # A value given but empty ("" in the environment) counts as not given; a value of the wrong
     # type in the file (domain = 5) is refused rather than turned into text.
     values = {key: value for key, value in values.items() if value is not None and value != ""}
@@ -186,6 +194,22 @@ def load_settings(
     if values["metrics_listen"]:
         kwargs["metrics_listen"] = str(values["metrics_listen"]).strip()
     return Settings(**kwargs)
+
+
+def _ssh_file(data: object, env: Mapping[str, str], key: str) -> Path | None:
+    """[hosts] identity_file / known_hosts (env SUPABASE_MANAGER_SSH_IDENTITY_FILE /
+    SUPABASE_MANAGER_SSH_KNOWN_HOSTS): an absolute path, or None."""
+    data = data if isinstance(data, dict) else {}
+    variable = ENV_PREFIX + ("SSH_IDENTITY_FILE" if key == "identity_file" else "SSH_KNOWN_HOSTS")
+    value = env.get(variable) or data.get(key) or None
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or "\n" in value or '"' in value:
+        raise UsageError(f"invalid [hosts] {key} {value!r}: expected a file path")
+    path = Path(value.strip()).expanduser()
+    if not path.is_absolute():
+        raise UsageError(f"invalid [hosts] {key} {value!r}: give an absolute path")
+    return path
 
 
 def _read_config(path: Path, explicit: bool) -> dict:

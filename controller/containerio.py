@@ -4,15 +4,21 @@ The CLI honours DOCKER_HOST and contexts, so the same code works for a remote en
 flow process to process through OS pipes (``docker exec ... | restic backup --stdin``), never
 through a plaintext file. Secrets (PGPASSWORD) reach ``docker`` through its environment and are
 forwarded by name (``-e PGPASSWORD``), so they are never on an argv.
+
+Which engine: the local one, unless a use case runs inside ``engine(place.docker_env())``
+(controller/hosts.py): every docker process started in that block, in this thread or in a
+thread started through ``in_context``, talks to that place's engine.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from controller.errors import DockerUnavailable, OperationError
 
@@ -26,10 +32,38 @@ def _docker() -> str:
     return path
 
 
-def _env(secret_env: Mapping[str, str]) -> dict[str, str]:
+# The environment docker processes get on top of ours (DOCKER_HOST and what reaching it needs).
+_ENGINE: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "engine", default=None
+)
+
+
+@contextlib.contextmanager
+def engine(docker_env: Mapping[str, str]) -> Iterator[None]:
+    """Docker processes started inside the block talk to the engine ``docker_env`` names
+    (``Place.docker_env()``; empty: the local engine)."""
+    token = _ENGINE.set(dict(docker_env))
+    try:
+        yield
+    finally:
+        _ENGINE.reset(token)
+
+
+def in_context(call: Callable[[], object]) -> Callable[[], object]:
+    """``call`` bound to the current engine, for a worker thread (threads start with none)."""
+    context = contextvars.copy_context()
+    return lambda: context.run(call)
+
+
+def process_env(secret_env: Mapping[str, str] = ()) -> dict[str, str]:
+    """The environment of a docker process: ours, the current engine's, then ``secret_env``."""
     env = dict(os.environ)
-    env.update(secret_env)
+    env.update(_ENGINE.get() or {})
+    env.update(dict(secret_env))
     return env
+
+
+_env = process_env
 
 
 def exec_argv(
@@ -101,6 +135,7 @@ def tar_out(image: str, mounts: Mapping[str, str]) -> subprocess.Popen:
     command = ["tar", "-C", "/sbm-data", "-cf", "-", *sorted(mounts)]
     return subprocess.Popen(
         helper_argv(image, mounts, command, True, False),
+        env=_env({}),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -112,7 +147,24 @@ def tar_in(image: str, mounts: Mapping[str, str], stdin) -> subprocess.Popen:
     it records."""
     command = ["tar", "--numeric-owner", "-xpf", "-", "-C", "/sbm-data"]
     argv = helper_argv(image, mounts, command, False, True)
-    return subprocess.Popen(argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        argv, env=_env({}), stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+def run_helper(image: str, mounts: Mapping[str, str], command: Sequence[str], what: str) -> None:
+    """Run ``command`` in a helper container (as root, mounts read-write): files the
+    instance's containers wrote belong to their users, and on another host there is no other
+    way to reach them than through its engine."""
+    proc = subprocess.run(
+        helper_argv(image, mounts, command, False, False),
+        env=_env({}),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if proc.returncode != 0:
+        raise OperationError(f"{what} failed: {last_line(proc.stderr)}")
 
 
 def finish(proc: subprocess.Popen, what: str, ok_codes: Sequence[int] = (0,)) -> str:
@@ -131,6 +183,7 @@ def finish(proc: subprocess.Popen, what: str, ok_codes: Sequence[int] = (0,)) ->
 def run_docker(args: Sequence[str], what: str, timeout: float = 300) -> str:
     proc = subprocess.run(
         [_docker(), *args],
+        env=_env({}),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -156,7 +209,10 @@ def image_env(image: str) -> dict[str, str]:
 
 def volume_exists(name: str) -> bool:
     proc = subprocess.run(
-        [_docker(), "volume", "inspect", name], capture_output=True, stdin=subprocess.DEVNULL
+        [_docker(), "volume", "inspect", name],
+        env=_env({}),
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
     )
     return proc.returncode == 0
 
@@ -182,6 +238,8 @@ def copy_volume(
     argv = [_docker(), "run", "--rm", "--network", "none", "--label", f"{HELPER_LABEL}=1"]
     argv += ["-u", "0", "--entrypoint", "sh", "-v", f"{source}:/from:ro", "-v", f"{dest}:/to"]
     argv += [image, "-c", "cp -a /from/. /to/"]
-    proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        argv, env=_env({}), capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
     if proc.returncode != 0:
         raise OperationError(f"copying volume {source} failed: {last_line(proc.stderr)}")

@@ -26,6 +26,9 @@ _HEALTH = re.compile(r"\((healthy|unhealthy|health: starting)\)")
 _EXITED = re.compile(r"Exited \((\d+)\)")
 # Concurrent stats calls at the most (each thread keeps its own connection to the engine).
 MAX_PARALLEL = 64
+# Over ssh each connection is a session of the shared master connection: stay under sshd's
+# MaxSessions (10 by default).
+MAX_PARALLEL_SSH = 8
 
 
 @attrs.frozen
@@ -43,6 +46,16 @@ class ContainerState:
 class Usage:
     cpu_percent: float
     memory_bytes: int
+
+
+@attrs.frozen
+class EngineInfo:
+    """The engine and the machine it runs on, as its /info says."""
+
+    version: str  # the engine's (dockerd's) version
+    cpus: int
+    memory_bytes: int
+    os: str = ""
 
 
 class DockerAPI:
@@ -69,6 +82,20 @@ class DockerAPI:
             self.engine.ping()
         except EngineError as exc:
             raise DockerUnavailable(f"the Docker daemon does not answer: {exc}") from None
+
+    def info(self) -> EngineInfo:
+        """What `host list` shows of an engine's machine (one /info request)."""
+        try:
+            # engine.py has no typed /info call (yet): the raw request, read here.
+            data = self.engine._request("GET", "/info").json()
+        except EngineError as exc:
+            raise DockerUnavailable(f"the Docker daemon does not answer: {exc}") from None
+        return EngineInfo(
+            version=str(data.get("ServerVersion") or "?"),
+            cpus=int(data.get("NCPU") or 0),
+            memory_bytes=int(data.get("MemTotal") or 0),
+            os=str(data.get("OperatingSystem") or ""),
+        )
 
     def containers(self, instance: str | None = None) -> list[ContainerState]:
         """Every container of every instance (or of one), from a single listing."""
@@ -119,6 +146,10 @@ class DockerAPI:
                 usage.update(fallback.result())
         return {cid: usage[cid] for cid in ids if cid in usage}
 
+    def _parallel(self, wanted: int) -> int:
+        most = MAX_PARALLEL_SSH if self.engine.address.scheme == "ssh" else MAX_PARALLEL
+        return max(1, min(most, wanted))
+
     def _pid(self, container_id: str) -> int | None:
         try:
             return self.engine.container_pid(container_id)
@@ -131,7 +162,7 @@ class DockerAPI:
             return {}
         import concurrent.futures
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(ids))) as pool:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=self._parallel(len(ids))) as pool:
             first = dict(zip(ids, pool.map(self._sample, ids), strict=True))
             # No sleep: each call already waits for the collector's next tick.
             second = dict(zip(ids, pool.map(self._sample, ids), strict=True))
@@ -142,6 +173,23 @@ class DockerAPI:
                 continue
             usage[cid] = Usage(_cpu_percent(before, after), _memory(after))
         return usage
+
+    def counters(self, container_ids: Iterable[str]) -> dict[str, tuple[float, int]]:
+        """CPU seconds used so far and memory in use per running container, from ONE stats
+        call each, side by side (all answered at the engine's next collector tick): the figures
+        a remote engine can give for a Prometheus counter, where no rate is needed."""
+        ids = list(dict.fromkeys(container_ids))
+        if not ids:
+            return {}
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=self._parallel(len(ids))) as pool:
+            samples = dict(zip(ids, pool.map(self._sample, ids), strict=True))
+        return {
+            cid: (sample.cpu_total_ns / 1e9, _memory(sample))
+            for cid, sample in samples.items()
+            if sample is not None
+        }
 
     def _sample(self, container_id: str) -> StatsSample | None:
         try:

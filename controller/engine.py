@@ -4,13 +4,15 @@ Only the endpoints supabase-manager needs: ping, container listing, a container'
 and restart count, one-shot stats, and listing and removing containers, networks and volumes.
 
 The engine is named by an address in DOCKER_HOST's syntax (``unix:///var/run/docker.sock``,
-``tcp://host:2375``, TLS with DOCKER_TLS_VERIFY) and spoken to through a transport:
+``tcp://host:2375``, TLS with DOCKER_TLS_VERIFY, ``ssh://host``) and spoken to through a transport:
 
 - any httpx transport: ``httpx.MockTransport`` in unit tests, ``httpx.HTTPTransport`` for TLS;
 - by default, on a unix socket or plain TCP, a minimal HTTP/1.1 exchange over the socket (see
   _Connection). A status query is one request; loading httpx for it (ssl, h11, httpcore and what
   its CLI imports: about 60 ms on this machine kind) would cost more than `docker compose ls`
-  takes whole.
+  takes whole;
+- for ssh, the same HTTP/1.1 exchange over ``ssh HOST docker system dial-stdio`` (one ssh
+  process per connection; ControlMaster in the generated config makes them cheap).
 
 Paths carry no API version: the engine answers in its own, which every engine from API 1.24 to
 the current one accepts for these calls.
@@ -70,11 +72,13 @@ class TLSFiles:
 class EngineAddress:
     """Where an engine listens: a unix socket on this host, or TCP (plain or TLS)."""
 
-    scheme: str  # "unix" or "tcp"
+    scheme: str  # "unix", "tcp" or "ssh"
     path: str = ""  # the socket, for unix
-    host: str = ""  # for tcp
-    port: int = 0  # for tcp
+    host: str = ""  # for tcp; for ssh the host (or a Host alias of ssh_config)
+    port: int = 0  # for tcp; for ssh 0 means ssh's own default
     tls: TLSFiles | None = None
+    user: str = ""  # for ssh
+    ssh_config: str = ""  # for ssh: the config file ssh reads (-F), "" for ssh's own
 
     @classmethod
     def parse(cls, text: str, tls: TLSFiles | None = None) -> EngineAddress:
@@ -96,8 +100,16 @@ class EngineAddress:
             default = DEFAULT_TLS_PORT if tls else DEFAULT_TCP_PORT
             return cls("tcp", host=url.hostname, port=port or default, tls=tls)
         if url.scheme == "ssh":
-            raise DockerUnavailable(f"Docker host {text!r}: ssh:// is not supported yet")
-        raise DockerUnavailable(f"Docker host {text!r}: expected unix://PATH or tcp://HOST:PORT")
+            try:
+                port = url.port or 0
+            except ValueError:
+                raise DockerUnavailable(f"Docker host {text!r}: bad port") from None
+            if not url.hostname or url.path not in ("", "/"):
+                raise DockerUnavailable(f"Docker host {text!r}: expected ssh://[USER@]HOST[:PORT]")
+            return cls("ssh", host=url.hostname, port=port, user=url.username or "")
+        raise DockerUnavailable(
+            f"Docker host {text!r}: expected unix://PATH or tcp://HOST:PORT (or ssh://HOST)"
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EngineAddress:
@@ -112,11 +124,11 @@ class EngineAddress:
     @property
     def local(self) -> bool:
         """Whether the engine runs on this host (its containers' cgroups are ours to read)."""
-        return self.scheme == "unix" or self.host in LOOPBACK
+        return self.scheme == "unix" or (self.scheme == "tcp" and self.host in LOOPBACK)
 
     @property
     def base_url(self) -> str:
-        if self.scheme == "unix":
+        if self.scheme in ("unix", "ssh"):
             return "http://docker"  # the host part is only a placeholder on a socket
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
@@ -124,6 +136,9 @@ class EngineAddress:
     def __str__(self) -> str:
         if self.scheme == "unix":
             return f"unix://{self.path}"
+        if self.scheme == "ssh":
+            user = f"{self.user}@" if self.user else ""
+            return f"ssh://{user}{self.host}" + (f":{self.port}" if self.port else "")
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"tcp://{host}:{self.port}"
 
@@ -133,6 +148,8 @@ class EngineAddress:
 
         import httpx
 
+        if self.scheme == "ssh":
+            raise DockerUnavailable(f"{self}: an ssh engine is reached through ssh, not httpx")
         if self.tls is None:
             # No TLS is spoken here: a context that trusts nothing spares loading the CA bundle.
             empty = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -141,6 +158,23 @@ class EngineAddress:
         context = ssl.create_default_context(cafile=str(self.tls.ca))
         context.load_cert_chain(str(self.tls.cert), str(self.tls.key))
         return httpx.HTTPTransport(verify=context)
+
+    def dial_argv(self) -> list[str]:
+        """For ssh: the command whose stdin and stdout are a byte stream to the engine (the
+        docker CLI's own way: ``docker system dial-stdio`` on the engine's host)."""
+        import shutil
+
+        ssh = shutil.which("ssh")
+        if ssh is None:
+            raise DockerUnavailable("the ssh command is not installed (needed for ssh:// engines)")
+        argv = [ssh, "-T"]
+        if self.ssh_config:
+            argv += ["-F", self.ssh_config]
+        if self.user:
+            argv += ["-l", self.user]
+        if self.port:
+            argv += ["-p", str(self.port)]
+        return [*argv, "--", self.host, "docker system dial-stdio"]
 
 
 @attrs.frozen
@@ -240,6 +274,16 @@ class Engine:
             )
             for row in rows
         ]
+
+    def published_ports(self) -> set[int]:
+        """Host ports the engine's running containers publish (any address, TCP or UDP)."""
+        rows = self._request("GET", "/containers/json", {"all": "0"}).json()
+        return {
+            int(port["PublicPort"])
+            for row in rows
+            for port in row.get("Ports") or []
+            if port.get("PublicPort")
+        }
 
     def inspect(self, container_id: str) -> ContainerDetails:
         """What the listing does not say about a container: its main process, restarts."""
@@ -350,12 +394,13 @@ class _SocketRaw:
                     conn = self._connect()
                 status, body, keep = conn.exchange(method, target)
             except (OSError, BadResponse) as exc:
+                failed = conn
                 if conn is not None:
                     conn.close()
                 conn = None
                 if reused and attempt == 1 and not isinstance(exc, TimeoutError):
                     continue  # the engine closed the idle connection: once more on a new one
-                raise DockerUnavailable(self._unreachable(exc)) from None
+                raise DockerUnavailable(self._unreachable(exc, failed)) from None
             with self._lock:
                 if keep and len(self._idle) < self.MAX_IDLE:
                     self._idle.append(conn)
@@ -367,6 +412,8 @@ class _SocketRaw:
 
     def _connect(self) -> _Connection:
         address = self._address
+        if address.scheme == "ssh":
+            return _SshConnection.open(address, self._timeout)
         if address.scheme == "unix":
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             where: str | tuple[str, int] = address.path
@@ -381,7 +428,11 @@ class _SocketRaw:
             raise
         return _Connection(sock, "localhost" if address.scheme == "unix" else address.host)
 
-    def _unreachable(self, exc: Exception) -> str:
+    def _unreachable(self, exc: Exception, conn: _Connection | None = None) -> str:
+        if isinstance(conn, _SshConnection):
+            reason = conn.ssh_error()
+            if reason:
+                return reason
         if isinstance(exc, TimeoutError):
             reason = "it did not answer in time"
         elif isinstance(exc, FileNotFoundError | ConnectionRefusedError):
@@ -489,6 +540,64 @@ class _Connection:
     def close(self) -> None:
         self._file.close()
         self._sock.close()
+
+
+class _SshConnection(_Connection):
+    """HTTP/1.1 over ``ssh HOST docker system dial-stdio``: one end of a socket pair is the ssh
+    process's stdin and stdout, the other is ours, so _Connection's exchange runs unchanged."""
+
+    def __init__(self, sock: socket.socket, proc, stderr) -> None:
+        super().__init__(sock, "docker")
+        self._proc = proc
+        self._stderr = stderr
+        self._code: int | None = None
+        self._text = ""
+
+    @classmethod
+    def open(cls, address: EngineAddress, timeout: float) -> _SshConnection:
+        import subprocess
+        import tempfile
+
+        ours, theirs = socket.socketpair()
+        stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
+        try:
+            proc = subprocess.Popen(
+                address.dial_argv(),
+                stdin=theirs,
+                stdout=theirs,
+                stderr=stderr,
+                start_new_session=True,  # a Ctrl-C at the prompt is ours to handle, not ssh's
+            )
+        except OSError:
+            ours.close()
+            stderr.close()
+            raise
+        finally:
+            theirs.close()
+        ours.settimeout(timeout)
+        return cls(ours, proc, stderr)
+
+    def ssh_error(self) -> str:
+        """ssh's own one-line reason when it ended with an error (after close()), else ""."""
+        if self._code in (None, 0):
+            return ""
+        from controller.ssh import ALIAS_PREFIX, failure
+
+        host = str(self._proc.args[-2]).removeprefix(ALIAS_PREFIX)
+        return str(failure(host, self._text, self._code))
+
+    def close(self) -> None:
+        import subprocess
+
+        super().close()
+        try:
+            self._code = self._proc.wait(timeout=2)  # our end closed: ssh sees EOF and ends
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._stderr.seek(0)
+        self._text = self._stderr.read(65536).decode(errors="replace")
+        self._stderr.close()
 
 
 class _HttpxRaw:

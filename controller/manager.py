@@ -91,12 +91,24 @@ class Manager:
         memory: str | None = None,
         start: bool = True,
         progress: Progress = _quiet,
+        host: str | None = None,
     ) -> list[str]:
-        """Create (or finish creating) an instance; returns warnings (e.g. Caddy change pending)."""
+        """Create (or finish creating) an instance on ``host`` (None: the host with the most
+        free memory that answers; local when there is no other); returns warnings."""
         from controller.ops.create import create
 
         return create(
-            self.ctx, name, template, overlays, extra_compose, ports, cpus, memory, start, progress
+            self.ctx,
+            name,
+            template,
+            overlays,
+            extra_compose,
+            ports,
+            cpus,
+            memory,
+            start,
+            progress,
+            host,
         )
 
     def start(self, name: str, services: list[str] | None = None, progress: Progress = _quiet):
@@ -125,11 +137,41 @@ class Manager:
 
         return lifecycle.delete(self.ctx, name, purge, progress)
 
+    # --- hosts (controller/ops/hosts.py) ---------------------------------------------------------
+    def host_add(
+        self,
+        name: str,
+        url: str,
+        bind: str | None = None,
+        data_root: str | None = None,
+        accept_new_key: bool = False,
+    ):
+        """Check a Docker host over SSH and record it (a HostRecord)."""
+        from controller.ops import hosts
+
+        return hosts.add(self.ctx, name, url, bind, data_root, accept_new_key)
+
+    def host_remove(self, name: str) -> None:
+        """Forget a host that runs no instance."""
+        from controller.ops import hosts
+
+        hosts.remove(self.ctx, name)
+
+    def host_list(self, live: bool = True):
+        """Every host, local first (HostSummary rows); ``live`` asks each one side by side."""
+        from controller.ops import hosts
+
+        return hosts.list_hosts(self.ctx, live)
+
     # --- queries (controller/ops/queries.py) ----------------------------------------------------
-    def list(self, resources: bool = True) -> list[InstanceSummary]:
+    def list(
+        self, resources: bool = True, problems: list[str] | None = None
+    ) -> list[InstanceSummary]:
+        """Every instance; ``problems`` (when given) receives one line per host whose engine
+        did not answer (its instances are `unreachable`)."""
         from controller.ops import queries
 
-        return queries.list_instances(self.ctx, resources)
+        return queries.list_instances(self.ctx, resources, problems)
 
     def show(self, name: str, show_secrets: bool = False) -> InstanceDetail:
         from controller.ops import queries
@@ -361,11 +403,16 @@ class Manager:
     # --- rotate, upgrade, clone (controller/ops/rotate.py, upgrade.py, clone.py) ----------------
     def _recover_pending(self, name: str, progress: Progress = _quiet) -> str | None:
         """Finish or undo what a killed restore, rotation or upgrade of ``name`` left behind."""
-        from controller.ops import rotate
+        from controller.ops import move, rotate, upgrade
 
+        # A move first: it names the host the instance runs on (controller/ops/move.py).
+        moved = move.recover(self.ctx, name, progress)
+        # A restore first: it may be an interrupted upgrade's rollback, which the upgrade's own
+        # marker then finishes (restoring the backup taken before it, under this same lock).
         outcome = self._recover_restore(name, progress)
+        undone = upgrade.recover(self.ctx, name, progress)
         side = rotate.recover(self.ctx, name, progress)
-        return outcome or side
+        return moved or outcome or undone or side
 
     def rotate(
         self,
@@ -408,3 +455,10 @@ class Manager:
         from controller.ops import clone
 
         return clone.clone(self.ctx, source, new, progress)
+
+    def move(self, name: str, host: str, progress: Progress = _quiet):
+        """Take ``name`` to ``host``'s engine with its name, secrets and data; on failure it
+        keeps running where it was (a MoveResult)."""
+        from controller.ops import move
+
+        return move.move(self.ctx, name, host, progress)

@@ -6,10 +6,13 @@ from controller.errors import UsageError
 
 MAX_NAME_LENGTH = 40
 _NAME = re.compile(r"^[a-z](?:[a-z0-9-]*[a-z0-9])?$")
+# Words `backup` takes as sub-commands (`backup list`, `backup key`, ...): `backup NAME` could
+# never name an instance so called, so new instances may not take them. An instance that
+# already has one is backed up with `backup --instance NAME`.
+RESERVED_NAMES = frozenset({"list", "check", "prune", "key"})
 
 
-def name_problem(name: str) -> str | None:
-    """Why ``name`` is not a valid instance name, or None when it is."""
+def _syntax_problem(name: str) -> str | None:
     if not name:
         return "the name is empty"
     if len(name) > MAX_NAME_LENGTH:
@@ -22,8 +25,28 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be the name of a new instance, or None when it can."""
+    problem = _syntax_problem(name)
+    if problem is None and name in RESERVED_NAMES:
+        problem = (
+            f"'{name}' is a word of the backup command (backup {name}); "
+            f"the reserved names are {', '.join(sorted(RESERVED_NAMES))}"
+        )
+    return problem
+
+
 def validate_name(name: str) -> str:
-    """Return ``name`` or raise UsageError saying what is wrong with it."""
+    """Return ``name`` or raise UsageError saying what is wrong with it (for a name that may
+    already exist: a reserved word made before it was reserved stays usable)."""
+    problem = _syntax_problem(name)
+    if problem:
+        raise UsageError(f"invalid instance name {name!r}: {problem}")
+    return name
+
+
+def validate_new_name(name: str) -> str:
+    """As validate_name, for the name of an instance about to be made: reserved words too."""
     problem = name_problem(name)
     if problem:
         raise UsageError(f"invalid instance name {name!r}: {problem}")

@@ -145,7 +145,7 @@ class Psql:
         command += (["-h", "127.0.0.1"] if tcp else []) + ["-U", user, "-d", database, "-f", "-"]
         secret_env = {"PGPASSWORD": password or ""}
         argv = containerio.exec_argv(self.container, command, secret_env, stdin=True)
-        env = {**os.environ, **secret_env}
+        env = containerio.process_env(secret_env)  # the instance's engine (controller/hosts.py)
         return subprocess.run(
             argv, input=script, capture_output=True, text=True, env=env, timeout=300
         )

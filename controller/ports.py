@@ -7,7 +7,7 @@ import contextlib
 import errno
 import re
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from controller.errors import UsageError
 
@@ -92,13 +92,14 @@ def allocate(
     requested: Mapping[str, int],
     used: set[int],
     port_range: tuple[int, int],
+    is_free: Callable[[int], bool] = host_port_free,
 ) -> dict[str, int]:
     """Host ports for every key of ``needed``.
 
     ``requested`` ports (keys may be a bare SERVICE, meaning its first port) must lie in
     ``port_range``, be held by no other instance (``used``) and be free on the host. The others
     take the lowest ports of ``port_range`` that no instance holds and nothing on the host binds
-    right now.
+    right now (``is_free``: on the engine's host, for an instance on another machine).
     """
     resolved = resolve(requested, needed)
     taken: set[int] = set()
@@ -116,7 +117,7 @@ def allocate(
             raise UsageError(f"port {port} for {key} is already held by another instance")
         if port in taken:
             raise UsageError(f"port {port} is requested for two services")
-        if not host_port_free(port):
+        if not is_free(port):
             raise UsageError(f"port {port} for {key} is in use on this host")
         taken.add(port)
         out[key] = port
@@ -125,7 +126,7 @@ def allocate(
         if key in out:
             continue
         while candidate <= high and (
-            candidate in used or candidate in taken or not host_port_free(candidate)
+            candidate in used or candidate in taken or not is_free(candidate)
         ):
             candidate += 1
         if candidate > high:

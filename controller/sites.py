@@ -67,17 +67,22 @@ def site_spec(
     env: Mapping[str, str],
     *,
     write: bool = True,
+    upstream_host: str = "127.0.0.1",
 ) -> SiteSpec:
     """API and Studio hosts to the gateway, mail host to the mail catcher's UI when the overlay
     is on; Studio and mail behind basic auth with the instance's dashboard credentials.
+    ``upstream_host``: the address Caddy dials the ports on (another host's private address
+    for an instance there, ``Place.upstream``).
 
     UsageError when those credentials could not guard a site. ``write=False`` (a read such as
     ``caddy status``) writes nothing, not even the hash cache.
     """
 
+    dial = f"[{upstream_host}]" if ":" in upstream_host else upstream_host
+
     def upstream(role: str) -> str | None:
         key = role_port_key(files, record.overlays, role)
-        return f"127.0.0.1:{record.ports[key]}" if key in record.ports else None
+        return f"{dial}:{record.ports[key]}" if key in record.ports else None
 
     password = env.get("DASHBOARD_PASSWORD") or ""
     if not password:

@@ -22,7 +22,12 @@ from controller.fsutil import atomic_write, ensure_dir, file_lock
 if TYPE_CHECKING:
     import cattrs
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Older versions this program reads, and how each becomes the next one. Version 2 added hosts
+# (instances on other Docker engines): a version 1 file has none, every instance runs on "local".
+# A newer program's file is refused, never read: an older one would run remote instances here.
+_UPGRADES = {1: lambda raw: {**raw, "schema": 2}}
+LOCAL_HOST = "local"
 
 # Instance phases. "creating" marks a create that has not finished: running `create` again finishes
 # it and `delete` cleans it up.
@@ -39,6 +44,18 @@ class TemplateRecord:
     name: str
     source: str  # "github:self-hosted/v0.8.2", "import:/path", ...
     added_at: str = attrs.field(factory=now_iso)
+
+
+@attrs.define
+class MoveRecord:
+    """How far a `move` got. Until ``phase`` is "switched", ``host`` above is still the old
+    place and the copy on ``target`` is a draft a failed or killed move removes; once switched,
+    ``host`` is the new place and what is left on ``source`` is removed by the next command."""
+
+    source: str
+    target: str
+    phase: str = "copying"  # "copying", then "switched"
+    backup: str = ""
 
 
 @attrs.define
@@ -63,6 +80,27 @@ class InstanceRecord:
     # `upgrade NAME --rollback` restores.
     previous_template: str | None = None
     upgrade_backup: str | None = None
+    # The host (State.hosts) whose engine runs the instance; "local" is this machine's engine.
+    host: str = LOCAL_HOST
+    # A `move` under way (controller/ops/move.py); None when there is none.
+    move: MoveRecord | None = None
+
+
+@attrs.define
+class HostRecord:
+    """A Docker engine on another machine, reached over SSH (`host add`)."""
+
+    name: str
+    user: str
+    address: str  # as in the ssh URL: an IP address or a DNS name
+    port: int = 22
+    # The address instance ports are published on there (a private one, e.g. WireGuard's), and
+    # that Caddy dials; never 0.0.0.0.
+    bind: str = ""
+    # The folder on the worker under which instance folders live; "" means the same absolute
+    # path as here (compose hands bind-mount paths to the engine as the client resolved them).
+    data_root: str = ""
+    added_at: str = attrs.field(factory=now_iso)
 
 
 @attrs.define
@@ -70,6 +108,7 @@ class State:
     schema: int = SCHEMA_VERSION
     instances: dict[str, InstanceRecord] = attrs.field(factory=dict)
     templates: dict[str, TemplateRecord] = attrs.field(factory=dict)
+    hosts: dict[str, HostRecord] = attrs.field(factory=dict)
 
     def used_ports(self, exclude: str | None = None) -> set[int]:
         return {
@@ -187,6 +226,8 @@ def loads(text: str, path: Path) -> State:
             f"state file {path} is corrupt (no schema version); "
             "fix or move it away, it will not be overwritten"
         )
+    while raw["schema"] in _UPGRADES:
+        raw = _UPGRADES[raw["schema"]](raw)
     if raw["schema"] != SCHEMA_VERSION:
         raise StateError(
             f"state file {path} has schema version {raw['schema']!r}, "

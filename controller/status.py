@@ -1,19 +1,57 @@
 """What an instance's containers say about it: its status word, its resource figures (all
-instances in one pass), and how to reach its database."""
+instances in one pass, every host's engine asked side by side), and how to reach its database.
+
+Instances live on hosts (controller/hosts.py). ``gather_hosts`` asks each host's engine for its
+own instances in a thread of its own, under one deadline: a host that does not answer in time, or
+answers with an error, marks only its instances UNREACHABLE and is named with its one-line reason;
+the other hosts' figures come back as usual. Local-only (the common case) runs in the caller's
+thread, as before hosts existed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import functools
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 
 from controller.diskcache import DiskCache, folder_size
-from controller.dockerapi import ContainerState, DockerAPI
-from controller.state import CREATING, InstanceRecord
+from controller.dockerapi import ContainerState, DockerAPI, Usage
+from controller.state import CREATING, LOCAL_HOST, InstanceRecord
 from controller.views import INCOMPLETE, MISSING, PARTIAL, RUNNING, STOPPED
 
-__all__ = ["InstanceStatus", "folder_size", "gather", "instance_status", "job_done"]
+if TYPE_CHECKING:
+    from controller.config import Settings
+    from controller.state import State
+
+__all__ = [
+    "HOST_TIMEOUT",
+    "UNREACHABLE",
+    "InstanceStatus",
+    "by_host",
+    "connector",
+    "each_host",
+    "folder_size",
+    "gather",
+    "gather_hosts",
+    "host_line",
+    "instance_status",
+    "job_done",
+]
+
+UNREACHABLE = "unreachable"  # the engine of the instance's host did not answer
+# How long one host's engine may take to answer everything a gathering asks it (listing, and
+# with resources two stats ticks of about a second each on a remote engine).
+HOST_TIMEOUT = 6.0
+
+T = TypeVar("T")
+# host name -> a client of that host's engine (the caller closes it)
+Connect = Callable[[str], DockerAPI]
 
 
 @attrs.frozen
@@ -59,6 +97,7 @@ def gather(
     resources: bool = False,
     folders: Mapping[str, Path] | None = None,
     disk: DiskCache | None = None,
+    listed: Callable[[dict[str, InstanceStatus]], None] | None = None,
 ) -> dict[str, InstanceStatus]:
     """Status of every instance in ``records`` in one pass: one container listing for all of
     them; with ``resources``, one cgroup sampling window for all their running containers, and
@@ -66,8 +105,13 @@ def gather(
 
     ``one_shot(record)`` names the record's one-shot services (jobs that may exit 0); it is asked
     once per template and overlays, and only when a container exited 0, as it reads the template.
+    ``listed``, with ``resources``, is handed the statuses without figures as soon as the listing
+    is in (what a caller whose deadline comes before the figures still has).
     """
     grouped = api.by_instance()
+    jobs: dict[tuple, set[str]] = {}
+    if resources and listed is not None:
+        listed(_statuses(records, grouped, one_shot, jobs, {}, {}))
     usage = {}
     if resources:
         running = [c.id for name in records for c in grouped.get(name, ()) if c.state == "running"]
@@ -75,7 +119,17 @@ def gather(
     sizes: Mapping[str, int] = {}
     if resources and folders:
         sizes = disk.sizes(folders) if disk else {n: folder_size(p) for n, p in folders.items()}
-    jobs: dict[tuple, set[str]] = {}
+    return _statuses(records, grouped, one_shot, jobs, usage, sizes)
+
+
+def _statuses(
+    records: Mapping[str, InstanceRecord],
+    grouped: Mapping[str, list[ContainerState]],
+    one_shot: Callable[[InstanceRecord], set[str]],
+    jobs: dict[tuple, set[str]],
+    usage: Mapping[str, Usage],
+    sizes: Mapping[str, int],
+) -> dict[str, InstanceStatus]:
     out = {}
     for name, record in records.items():
         containers = grouped.get(name, [])
@@ -99,6 +153,147 @@ def gather(
             sizes.get(name),
         )
     return out
+
+
+def by_host(records: Mapping[str, InstanceRecord]) -> dict[str, dict[str, InstanceRecord]]:
+    """The records grouped by the host they run on, local first."""
+    groups: dict[str, dict[str, InstanceRecord]] = defaultdict(dict)
+    for name, record in records.items():
+        groups[record.host][name] = record
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0] != LOCAL_HOST, kv[0])))
+
+
+def host_line(host: str, why: str) -> str:
+    """One line naming a host that did not answer (its reason may already name it)."""
+    return why if why.startswith(f"host {host}") else f"host {host}: {why}"
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def each_host(
+    hosts: Iterable[str], work: Callable[[str], T], timeout: float = HOST_TIMEOUT
+) -> tuple[dict[str, T], dict[str, str]]:
+    """``work(host)`` for every host, side by side: (host -> result, host -> one-line error).
+
+    Each host runs in a daemon thread and all are waited for at most ``timeout`` seconds: a host
+    still working then is reported as not answering and left behind (a daemon thread never
+    holds up the process's exit). Only the local host alone runs in the caller's thread: it
+    needs no thread, and its engine's socket timeout bounds it.
+    """
+    hosts = list(dict.fromkeys(hosts))
+    results: dict[str, T] = {}
+    errors: dict[str, str] = {}
+    if hosts == [LOCAL_HOST]:
+        try:
+            results[LOCAL_HOST] = work(LOCAL_HOST)
+        except Exception as exc:
+            errors[LOCAL_HOST] = one_line(exc)
+        return results, errors
+
+    answers: dict[str, tuple[bool, object]] = {}
+
+    def run(host: str) -> None:
+        try:
+            answers[host] = (True, work(host))
+        except Exception as exc:
+            answers[host] = (False, one_line(exc))
+
+    threads = [
+        threading.Thread(target=run, args=(host,), name=f"host-{host}", daemon=True)
+        for host in hosts
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    for host in hosts:
+        answer = answers.get(host)  # read once: a late thread may still write
+        if answer is None:
+            errors[host] = f"no answer within {timeout:g} s"
+        elif answer[0]:
+            results[host] = answer[1]  # type: ignore[assignment]
+        else:
+            errors[host] = answer[1]  # type: ignore[assignment]
+    return results, errors
+
+
+def connector(settings: Settings, state: State, timeout: float = HOST_TIMEOUT) -> Connect:
+    """Clients of each host's engine that see only this ROOT's objects; an unknown host or an
+    engine that cannot be set up raises (its instances then show as unreachable)."""
+    from controller.engine import Engine, EngineAddress
+    from controller.ownership import existing_root_id
+
+    # No id yet: nothing of ours can exist, and "-" matches no id ever made.
+    root = existing_root_id(settings.root) or "-"
+
+    def connect(host: str) -> DockerAPI:
+        if host == LOCAL_HOST:
+            # What Place.engine_address() says for local, without loading the ssh machinery
+            # (a tenth of a local-only `list`).
+            address = EngineAddress.from_env()
+        else:
+            from controller.hosts import place
+
+            address = place(settings, state, host).engine_address()
+        return DockerAPI(engine=Engine(address, timeout=timeout), root=root)
+
+    return connect
+
+
+def gather_hosts(
+    records: Mapping[str, InstanceRecord],
+    connect: Connect,
+    one_shot: Callable[[InstanceRecord], set[str]],
+    resources: bool = False,
+    folders: Mapping[str, Path] | None = None,
+    disk: DiskCache | None = None,
+    timeout: float = HOST_TIMEOUT,
+) -> tuple[dict[str, InstanceStatus], dict[str, str]]:
+    """``gather`` on every host that holds some of ``records``, side by side (``each_host``):
+    (instance -> status, host -> why it did not answer). An instance on a host that did not
+    answer is UNREACHABLE (INCOMPLETE when its create did not finish: state says so), with no
+    figures; a host that listed its containers in time but not its figures (the stats of many
+    containers) keeps its statuses, without figures. ``folders`` (disk use) is measured in the
+    local host's pass, for its instances only: a remote instance's data is on its host."""
+    groups = by_host(records)
+    local_folders = {
+        name: path
+        for name, path in (folders or {}).items()
+        if name in records and records[name].host == LOCAL_HOST
+    }
+
+    statuses_only: dict[str, dict[str, InstanceStatus]] = {}
+
+    def work(host: str) -> dict[str, InstanceStatus]:
+        api = connect(host)
+        try:
+            # Disk use only in the local host's pass (one DiskCache user at a time).
+            mine = local_folders if host == LOCAL_HOST else None
+            keep = functools.partial(statuses_only.__setitem__, host)
+            return gather(groups[host], api, one_shot, resources, mine, disk, keep)
+        finally:
+            api.close()
+
+    found, errors = each_host(groups, work, timeout)
+    for host in [h for h in errors if h in statuses_only]:
+        # It answered the listing; only its figures (stats of many containers) came late.
+        found[host] = statuses_only[host]
+        del errors[host]
+    out: dict[str, InstanceStatus] = {}
+    for name, record in records.items():
+        if record.host in found:
+            out[name] = found[record.host][name]
+            continue
+        status = INCOMPLETE if record.phase == CREATING else UNREACHABLE
+        size = None
+        if resources and name in local_folders and disk is not None:
+            size = disk.sizes({name: local_folders[name]}).get(name)
+        out[name] = InstanceStatus(name, status, 0, 0, disk_bytes=size)
+    return out, errors
 
 
 def connection_strings(

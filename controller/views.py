@@ -28,6 +28,7 @@ class InstanceSummary:
     disk_bytes: int | None = None
     # A template imported after this instance's own: what `upgrade NAME --template` could take.
     newer_template: str | None = None
+    host: str = "local"  # where it runs (`host list`); "local" is this machine's engine
 
 
 @attrs.frozen
@@ -51,6 +52,8 @@ class InstanceDetail:
     connections: dict[str, str]  # direct, pooler (transaction), session
     keys: dict[str, str]  # ANON_KEY, SERVICE_ROLE_KEY, ...; masked unless asked for
     requests: dict[str, float] | None = None  # requests per host from Caddy's metrics, when on
+    host: str = "local"  # where it runs (`host list`)
+    bind: str = "127.0.0.1"  # the address its ports are published on
 
 
 @attrs.frozen

@@ -127,6 +127,159 @@ rec {
   # "unix//run/caddy/admin.sock" -> "/run/caddy/admin.sock"
   adminSocketPath = address: removePrefix "unix/" address;
 
+  # --- hosts: Docker engines on other machines, reached over SSH ------------------------------
+
+  # Where the module writes the known_hosts file made of the declared host keys.
+  knownHostsFile = "/etc/supabase-manager/known_hosts";
+  etcKnownHostsName = "supabase-manager/known_hosts";
+  # The name of the SSH key's systemd credential: the units find it at %d/<name>.
+  sshKeyCredential = "ssh-key";
+
+  # Host names, as `host add` takes them (controller/ops/hosts.py); `local` is this machine's engine.
+  hostNamePattern = "[a-z]([a-z0-9-]{0,30}[a-z0-9])?";
+  reservedHostNames = [ "local" ];
+  # ssh://USER@ADDRESS[:PORT]; ADDRESS is a DNS name, an IPv4 address or [IPv6].
+  sshUrlPattern = "ssh://([A-Za-z0-9_][A-Za-z0-9_.-]{0,31})@([[][0-9a-fA-F:.]+[]]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:([0-9]{1,5}))?/?";
+  ipv4Pattern = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])([.](25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}";
+  ipv6Pattern = "[0-9a-fA-F]*:[0-9a-fA-F:.]*";
+  # An IP address instance ports can be published on (docker's -p ADDRESS:PORT:PORT).
+  bindPattern = "${ipv4Pattern}|${ipv6Pattern}";
+  # "TYPE BASE64 [COMMENT]", as in /etc/ssh/ssh_host_ed25519_key.pub on the worker.
+  hostKeyPattern = "((ssh|sk-ssh|ecdsa|sk-ecdsa)-[a-z0-9@.-]+)[[:space:]]+([A-Za-z0-9+/]+=*)([[:space:]].*)?";
+
+  isIpAddress = text: match ipv4Pattern text != null || match ipv6Pattern text != null;
+  # Addresses that mean "every interface": instance ports must never be published there.
+  isUnspecifiedAddress =
+    text:
+    builtins.elem text [
+      "0.0.0.0"
+      "::"
+      "[::]"
+    ]
+    || match "(0*:)+0*|0+([.]0+){3}" text != null;
+
+  # "ssh://deploy@[fd00::2]:2222" -> { user = "deploy"; address = "fd00::2"; port = 2222; }
+  # (port 22 when not given), or null when the URL does not have that shape.
+  parseSshUrl =
+    url:
+    let
+      parts = if isString url then match sshUrlPattern url else null;
+      address = builtins.elemAt parts 1;
+      port = builtins.elemAt parts 4;
+    in
+    if parts == null then
+      null
+    else
+      {
+        user = builtins.elemAt parts 0;
+        address = if hasPrefix "[" address then substring 1 (stringLength address - 2) address else address;
+        port = if port == null then 22 else toInt port;
+      };
+
+  # One known_hosts line per declared host, as ssh looks the key up: by the address it connects
+  # to, with [ADDRESS]:PORT for another port than 22. Comments of the key lines are left out.
+  knownHostsLine =
+    host:
+    let
+      url = parseSshUrl host.url;
+      key = match hostKeyPattern host.hostKey;
+      pattern = if url.port == 22 then url.address else "[${url.address}]:${toString url.port}";
+    in
+    "${pattern} ${builtins.elemAt key 0} ${builtins.elemAt key 2}";
+  knownHosts =
+    cfg: concatStringsSep "" (map (name: knownHostsLine cfg.hosts.${name} + "\n") (attrNames cfg.hosts));
+
+  # The arguments after `supabase-manager host add` for a declared host.
+  hostAddArguments =
+    name: host:
+    [
+      name
+      host.url
+    ]
+    ++ (if host.bind == null then [ ] else [ "--bind" host.bind ])
+    ++ (if host.dataRoot == null then [ ] else [ "--data-root" host.dataRoot ]);
+
+  # IP addresses the units talk to for the declared hosts (SSH to ADDRESS, HTTP to BIND), for
+  # IPAddressAllow=; DNS names cannot go there (see dnsNamedHosts).
+  hostIpAddresses =
+    cfg:
+    let
+      all = builtins.concatMap (
+        name:
+        let
+          host = cfg.hosts.${name};
+          url = parseSshUrl host.url;
+        in
+        (if url != null && isIpAddress url.address then [ url.address ] else [ ])
+        ++ (if host.bind != null && isIpAddress host.bind then [ host.bind ] else [ ])
+      ) (attrNames cfg.hosts);
+    in
+    builtins.foldl' (
+      seen: address: if builtins.elem address seen then seen else seen ++ [ address ]
+    ) [ ] all;
+  dnsNamedHosts =
+    cfg:
+    filter (
+      name:
+      let
+        url = parseSshUrl cfg.hosts.${name}.url;
+      in
+      url != null && !isIpAddress url.address
+    ) (attrNames cfg.hosts);
+
+  # The [hosts] table of the config file: the key file for manual commands (the units get the
+  # credential through the environment instead) and the declared host keys.
+  hostsSettings =
+    cfg:
+    (if cfg.sshKeyFile == null then { } else { identity_file = cfg.sshKeyFile; })
+    // (if cfg.hosts == { } then { } else { known_hosts = knownHostsFile; });
+
+  # Messages for the declared hosts (see `problems`).
+  hostProblems =
+    cfg:
+    builtins.concatMap (
+      name:
+      let
+        host = cfg.hosts.${name};
+        url = parseSshUrl host.url;
+        option = "services.supabase-manager.hosts.${name}";
+      in
+      filter (message: message != null) [
+        (
+          if match hostNamePattern name != null && !builtins.elem name reservedHostNames then
+            null
+          else
+            "${option}: the host name ${name} is not lowercase letters, digits and '-' starting with a letter (at most 32 characters), or is reserved (local is this machine's engine)"
+        )
+        (
+          if url == null then
+            "${option}.url: ${toString host.url} is not ssh://USER@ADDRESS[:PORT]"
+          else if url.port < 1 || url.port > 65535 then
+            "${option}.url: port ${toString url.port} is not within 1-65535"
+          else
+            null
+        )
+        (
+          if host.bind == null && url != null && !isIpAddress url.address then
+            "${option}.bind: ${url.address} is a DNS name; instance ports bind to an IP address, so give the worker's private one"
+          else
+            null
+        )
+        (
+          if host.dataRoot != null && match "(.*/)?[.][.](/.*)?" host.dataRoot != null then
+            "${option}.dataRoot: ${host.dataRoot} has a .. component"
+          else
+            null
+        )
+        (
+          if host.bind != null && isUnspecifiedAddress host.bind then
+            "${option}.bind: ${host.bind} publishes instance ports on every interface of the worker; give its private address (a WireGuard or LAN one)"
+          else
+            null
+        )
+      ]
+    ) (attrNames cfg.hosts);
+
   # Contents of the config file, as an attribute set for pkgs.formats.toml. Only the keys the program
   # reads (see controller/config.py and the interface notes); the data root travels through
   # SUPABASE_MANAGER_ROOT instead. [backup] and [metrics] are written when their units are on.
@@ -157,7 +310,8 @@ rec {
       else
         { }
     )
-    // (if cfg.metrics.enable then { metrics.listen = cfg.metrics.listenAddress; } else { });
+    // (if cfg.metrics.enable then { metrics.listen = cfg.metrics.listenAddress; } else { })
+    // (if hostsSettings cfg == { } then { } else { hosts = hostsSettings cfg; });
 
   # The config keys the module writes, as paths: `settings` must not set them too.
   managedKeys =
@@ -194,7 +348,11 @@ rec {
         ]
       else
         [ ]
-    );
+    )
+    ++ map (key: [
+      "hosts"
+      key
+    ]) (attrNames (hostsSettings cfg));
 
   hasPath =
     path: attrs:
@@ -317,7 +475,8 @@ rec {
         else
           "services.supabase-manager.domain: ${cfg.domain} is not a lowercase DNS name"
       )
-    ];
+    ]
+    ++ hostProblems cfg;
 
   # True when nothing in `problems` applies.
   valid = cfg: length (problems cfg) == 0;

@@ -42,6 +42,62 @@ let
 
   settingsFormat = pkgs.formats.toml { };
 
+  # A declared Docker host (`supabase-manager host add`).
+  hostOptions = {
+    options = {
+      url = mkOption {
+        type = types.strMatching sm.sshUrlPattern // {
+          description = "ssh://USER@ADDRESS[:PORT] URL (ADDRESS a DNS name, an IPv4 address or [IPv6])";
+        };
+        example = "ssh://deploy@10.100.0.2";
+        description = ''
+          Where the worker's Docker engine is reached: `ssh://USER@ADDRESS[:PORT]`. USER must
+          be allowed to use Docker there (root or the docker group), by key authentication.
+        '';
+      };
+
+      bind = mkOption {
+        type = types.nullOr (
+          types.strMatching sm.bindPattern
+          // {
+            description = "IP address";
+          }
+        );
+        default = null;
+        example = "10.100.0.2";
+        description = ''
+          The worker's address that instance ports are published on and Caddy dials: a
+          private one (WireGuard, a LAN), never `0.0.0.0`. `null`: the URL's address, which
+          must then be an IP address.
+        '';
+      };
+
+      dataRoot = mkOption {
+        type = types.nullOr hostPath;
+        default = null;
+        example = "/srv/supabase";
+        description = ''
+          Folder on the worker under which the instance folders are copied
+          ({file}`<dataRoot>/instances/NAME`). `null`: the same absolute path as on this
+          machine ({file}`<dataDir>/instances/NAME`).
+        '';
+      };
+
+      hostKey = mkOption {
+        type = types.strMatching sm.hostKeyPattern // {
+          description = "SSH public host key (TYPE BASE64 [COMMENT])";
+        };
+        example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHBlYWNlIGFuZCBxdWlldCBhbmQgc3NoIGtleXM= root@worker1";
+        description = ''
+          The worker's public host key, the contents of its
+          {file}`/etc/ssh/ssh_host_ed25519_key.pub`. The module writes it to
+          {file}`${sm.knownHostsFile}`, which the program checks the worker against: the
+          key is declared here, never trusted on first use.
+        '';
+      };
+    };
+  };
+
   # The options' keys, then anything else set through `settings` (an assertion keeps `settings`
   # off the keys the options own).
   configFile = settingsFormat.generate "supabase-manager.toml" (
@@ -133,7 +189,7 @@ let
   hardening =
     {
       capabilities,
-      ipAllow ? cfg.ipAddressAllow,
+      ipAllow ? ipAddressAllow,
     }:
     {
       User = "root";
@@ -194,7 +250,53 @@ let
     RestartMaxDelaySec = max;
   };
 
-  environment = sm.environment cfg;
+  # The SSH key reaches every unit as a systemd credential (%d: the unit's credentials folder),
+  # named through the environment; the config file names the file itself for manual commands.
+  environment =
+    sm.environment cfg
+    // optionalAttrs (cfg.sshKeyFile != null) {
+      SUPABASE_MANAGER_SSH_IDENTITY_FILE = "%d/${sm.sshKeyCredential}";
+    };
+  # LoadCredential= of a unit's [Service] section, with the SSH key added to what it has.
+  withSshKey =
+    serviceConfig:
+    serviceConfig
+    // optionalAttrs (cfg.sshKeyFile != null) {
+      LoadCredential = (serviceConfig.LoadCredential or [ ]) ++ [
+        "${sm.sshKeyCredential}:${cfg.sshKeyFile}"
+      ];
+    };
+  # Every unit may reach an instance on another host: `ssh` (python-on-whales' DOCKER_HOST=ssh://
+  # and the Engine API over `docker system dial-stdio` run it), and the hosts' IP addresses.
+  sshPath = [ pkgs.openssh ];
+  ipAddressAllow =
+    if cfg.ipAddressAllow == null then
+      null
+    else
+      cfg.ipAddressAllow
+      ++ builtins.filter (address: !builtins.elem address cfg.ipAddressAllow) (sm.hostIpAddresses cfg);
+
+  # `host add` for each declared host, at boot and whenever the declared hosts change (`host add`
+  # of a host recorded just as declared is a no-op). Every host is tried even after one
+  # fails: exit 1 (retried with backoff) when a host could not be reached, 2 when one was refused
+  # (a different host of that name exists; retrying would not help).
+  addHosts = pkgs.writeShellScript "supabase-manager-add-hosts" ''
+    retry=0
+    refused=0
+    add() {
+      ${exe} host add "$@"
+      case $? in
+        0) ;;
+        2) refused=1 ;;
+        *) retry=1 ;;
+      esac
+    }
+    ${lib.concatMapStrings (name: ''
+      add ${lib.escapeShellArgs (sm.hostAddArguments name cfg.hosts.${name})}
+    '') (lib.attrNames cfg.hosts)}
+    if [ "$retry" = 1 ]; then exit 1; fi
+    if [ "$refused" = 1 ]; then exit 2; fi
+  '';
 
   # What a unit that reads the backup repository needs: `backup` writes it, and `check` and the
   # exporter read the last snapshot of each instance from it. The password arrives as a systemd
@@ -218,8 +320,8 @@ let
       CacheDirectory = "supabase-manager";
       CacheDirectoryMode = "0700";
     };
-    path = optional cfg.backup.enable pkgs.restic;
-    ipAllow = if cfg.backup.enable && !repositoryIsLocal then null else cfg.ipAddressAllow;
+    path = optional cfg.backup.enable pkgs.restic ++ sshPath;
+    ipAllow = if cfg.backup.enable && !repositoryIsLocal then null else ipAddressAllow;
   };
 
   # Reading the disk use of instance folders walks volumes of container users (postgres, ...).
@@ -321,8 +423,10 @@ in
       description = ''
         IP addresses (systemd's `IPAddressAllow=`) the units may talk to; everything else is
         denied (`IPAddressDeny=any`). Docker is reached over its unix socket and Caddy's admin API
-        on localhost, so nothing more is needed on a single host. Add the addresses of other
-        Docker hosts (`supabase-manager host add`), or set `null` to lift the restriction. The
+        on localhost, so nothing more is needed on a single host. The IP addresses of the
+        declared {option}`hosts` (URL and `bind`) are added for the units; add those of hosts
+        named by DNS or added by hand (`supabase-manager host add`), or set `null` to lift the
+        restriction. The
         backup unit is restricted only with a local repository, the metrics unit only when it
         listens on a loopback address.
       '';
@@ -334,9 +438,49 @@ in
       example = literalExpression ''{ github_api = "https://github.example.com/api/v3"; }'';
       description = ''
         Extra keys for the config file {file}`${sm.configFile}`. The keys the options above
-        produce (`domain`, `scheme`, `public_port`, `caddy.admin`, `ports.range`, and the
-        `backup` and `metrics` keys when those are enabled) cannot be set here. See the README
+        produce (`domain`, `scheme`, `public_port`, `caddy.admin`, `ports.range`, the
+        `backup` and `metrics` keys when those are enabled, and `hosts.identity_file` and
+        `hosts.known_hosts` with {option}`sshKeyFile` and {option}`hosts`) cannot be set here. See the README
         for the keys the program reads.
+      '';
+    };
+
+    hosts = mkOption {
+      type = types.attrsOf (types.submodule hostOptions);
+      default = { };
+      example = literalExpression ''
+        {
+          worker1 = {
+            url = "ssh://deploy@10.100.0.2";
+            bind = "10.100.0.2";
+            hostKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... root@worker1";
+          };
+        }
+      '';
+      description = ''
+        Docker engines on other machines that instances can be placed on
+        (`supabase-manager create NAME --host NAME`), reached over SSH with
+        {option}`sshKeyFile` (or root's agent). The unit `supabase-manager-hosts` runs
+        `supabase-manager host add NAME URL [--bind ...] [--data-root ...]` for each of them at
+        boot and after each switch; re-adding a host as it is changes nothing. A host removed
+        from here is not removed from the program: one that still runs instances cannot be.
+        Move or delete its instances, then run `supabase-manager host remove NAME`. Changing a
+        declared host's URL, `bind` or `dataRoot` likewise needs `host remove` first, or the
+        unit fails with the program's message. `local` is this machine's engine.
+      '';
+    };
+
+    sshKeyFile = mkOption {
+      type = types.nullOr hostPath;
+      default = null;
+      example = "/run/secrets/supabase-manager-ssh-key";
+      description = ''
+        Private SSH key for the {option}`hosts` (and hosts added by hand), outside the Nix
+        store, e.g. from sops-nix or agenix. Every unit gets it as a systemd credential
+        (`LoadCredential=`), never a copy in the store; the config file names it as
+        `[hosts] identity_file` for manual `sudo supabase-manager` commands. With `null`, ssh
+        uses root's agent or default keys, which the units (with an empty {file}`/root`) do
+        not see.
       '';
     };
 
@@ -517,7 +661,8 @@ in
 
       warnings =
         optional (cfg.backup.enable && cfg.backup.passwordFile == null) "services.supabase-manager.backup.passwordFile is null: the repository password is generated into ${root}/keys/backup.key, on the same disk as the data; run `supabase-manager backup key export` and keep it elsewhere"
-        ++ optional (cfg.metrics.enable && cfg.metrics.openFirewall && metricsOnLoopback) "services.supabase-manager.metrics.openFirewall opens port ${toString metricsPort}, but the exporter listens on ${cfg.metrics.listenAddress}, a loopback address";
+        ++ optional (cfg.metrics.enable && cfg.metrics.openFirewall && metricsOnLoopback) "services.supabase-manager.metrics.openFirewall opens port ${toString metricsPort}, but the exporter listens on ${cfg.metrics.listenAddress}, a loopback address"
+        ++ optional (cfg.ipAddressAllow != null && sm.dnsNamedHosts cfg != [ ]) "services.supabase-manager.hosts: ${lib.concatStringsSep ", " (sm.dnsNamedHosts cfg)} named by DNS, which IPAddressAllow= cannot follow: add their IP addresses to services.supabase-manager.ipAddressAllow, or set it to null";
 
       virtualisation.docker.enable = true;
 
@@ -548,16 +693,20 @@ in
         # A switch must not start instances again behind the administrator's back.
         restartIfChanged = false;
         inherit environment;
-        serviceConfig = hardening { capabilities = fileCapabilities; } // {
-          Type = "oneshot";
-          RemainAfterExit = true;
-          ExecStart = "${exe} start --all";
-          # `-`: a Caddy that is down (one run outside this module, say) must not fail the boot;
-          # supabase-manager-sync and the maintenance timer push the routes once it is back.
-          ExecStartPost = "-${exe} caddy sync";
-          # Pulling nothing (images are local), but a few dozen stacks take a while to come up.
-          TimeoutStartSec = "30min";
-        };
+        path = sshPath;
+        serviceConfig = withSshKey (
+          hardening { capabilities = fileCapabilities; }
+          // {
+            Type = "oneshot";
+            RemainAfterExit = true;
+            ExecStart = "${exe} start --all";
+            # `-`: a Caddy that is down (one run outside this module, say) must not fail the boot;
+            # supabase-manager-sync and the maintenance timer push the routes once it is back.
+            ExecStartPost = "-${exe} caddy sync";
+            # Pulling nothing (images are local), but a few dozen stacks take a while to come up.
+            TimeoutStartSec = "30min";
+          }
+        );
       };
 
       # Periodic maintenance: routes Caddy lost come back, then the health check. `check` prints
@@ -569,7 +718,7 @@ in
         after = [ "docker.service" ] ++ afterCaddy;
         environment = environment // repositoryAccess.environment;
         inherit (repositoryAccess) path;
-        serviceConfig =
+        serviceConfig = withSshKey (
           hardening {
             capabilities = readCapabilities;
             inherit (repositoryAccess) ipAllow;
@@ -581,9 +730,43 @@ in
               "-${exe} caddy sync"
               "${exe} check"
             ];
-          };
+          }
+        );
       };
     }
+
+    (mkIf (cfg.hosts != { }) {
+      # The declared host keys: `[hosts] known_hosts` in the config file.
+      environment.etc.${sm.etcKnownHostsName}.text = sm.knownHosts cfg;
+
+      # The declared hosts into state.json (see `hosts`); never removes one.
+      systemd.services.supabase-manager-hosts = {
+        description = "Add the declared supabase-manager hosts";
+        wantedBy = [ "multi-user.target" ];
+        wants = [ "network-online.target" ];
+        after = [ "network-online.target" ];
+        inherit environment;
+        path = sshPath;
+        serviceConfig = withSshKey (
+          hardening { capabilities = [ ]; }
+          // backoff "5min"
+          // {
+            Type = "oneshot";
+            RemainAfterExit = true;
+            ExecStart = addHosts;
+            # A worker that is down at boot is tried again; a refused host (exit 2) is not.
+            Restart = "on-failure";
+            RestartPreventExitStatus = 2;
+          }
+        );
+      };
+
+      # Instances on the declared hosts start once those are known.
+      systemd.services.supabase-manager-start = {
+        wants = [ "supabase-manager-hosts.service" ];
+        after = [ "supabase-manager-hosts.service" ];
+      };
+    })
 
     (mkIf (cfg.maintenance.interval != null) {
       systemd.timers.supabase-manager-maintenance = {
@@ -648,7 +831,8 @@ in
         # A changed config file (domain, port, admin address) means other routes: sync again.
         restartTriggers = [ configFile ];
         inherit environment;
-        serviceConfig =
+        path = sshPath;
+        serviceConfig = withSshKey (
           hardening { capabilities = [ ]; }
           // backoff "2min"
           // {
@@ -659,7 +843,8 @@ in
             # A failed sync at Caddy's start (Caddy busy, a lock held) is tried again, with
             # backoff, rather than left until the next reload.
             Restart = "on-failure";
-          };
+          }
+        );
       };
     })
 
@@ -704,7 +889,7 @@ in
         restartIfChanged = false;
         environment = environment // repositoryAccess.environment;
         inherit (repositoryAccess) path;
-        serviceConfig =
+        serviceConfig = withSshKey (
           hardening {
             # Volumes hold files of container users (postgres, ...).
             capabilities = fileCapabilities;
@@ -724,7 +909,8 @@ in
             # Instances keep serving while the backup reads their data.
             Nice = 10;
             IOSchedulingClass = "idle";
-          };
+          }
+        );
       };
 
       systemd.timers.supabase-manager-backup = {
@@ -750,7 +936,7 @@ in
         ++ afterCaddy;
         environment = environment // repositoryAccess.environment;
         inherit (repositoryAccess) path;
-        serviceConfig =
+        serviceConfig = withSshKey (
           hardening {
             # A port below 1024 needs binding.
             capabilities = readCapabilities ++ optional (metricsPort < 1024) "CAP_NET_BIND_SERVICE";
@@ -763,7 +949,8 @@ in
             Type = "exec";
             ExecStart = "${exe} metrics serve --listen ${cfg.metrics.listenAddress}";
             Restart = "always";
-          };
+          }
+        );
       };
     })
   ]);

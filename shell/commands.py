@@ -116,7 +116,7 @@ def _template_list(ctx: Context, v: dict) -> None:
 
 # --- instances -----------------------------------------------------------------------------------
 def _create(ctx: Context, v: dict) -> int | None:
-    from controller.names import validate_name
+    from controller.names import validate_new_name
 
     name = v["name"]
     if name is None:
@@ -129,7 +129,7 @@ def _create(ctx: Context, v: dict) -> int | None:
             ctx.print("cancelled: nothing was created")
             return 1
     else:
-        validate_name(name)
+        validate_new_name(name)
         ports = values.port_map(v["port"])
         from pathlib import Path
 
@@ -143,6 +143,8 @@ def _create(ctx: Context, v: dict) -> int | None:
             "memory": v["memory"],
             "start": not v["no_start"],
         }
+        if v["host"] is not None:
+            answers["host"] = v["host"]
     warnings = ctx.manager.create(**answers, progress=ctx.progress)
     _warnings(ctx, warnings)
     name = answers["name"]
@@ -158,7 +160,10 @@ def _create(ctx: Context, v: dict) -> int | None:
 def _list(ctx: Context, v: dict) -> None:
     from shell import output
 
-    rows = ctx.manager.list(resources=not v["no_stats"])
+    problems: list[str] = []  # hosts that did not answer: their instances are unreachable
+    rows = ctx.manager.list(resources=not v["no_stats"], problems=problems)
+    for problem in problems:
+        ctx.warn(problem)
 
     def text() -> str:
         if not rows:
@@ -177,7 +182,12 @@ def _list(ctx: Context, v: dict) -> None:
             for r in rows
         ]
         headers = ["", "NAME", "STATUS", "UP", "CPU", "MEMORY", "DISK", "API URL"]
-        table = output.table(headers, body, ctx.out, right=(3, 4, 5, 6))
+        if any(r.host != "local" for r in rows):  # a HOST column once there is another host
+            headers.insert(3, "HOST")
+            for line, r in zip(body, rows, strict=True):
+                line.insert(3, r.host)
+        right = (4, 5, 6, 7) if "HOST" in headers else (3, 4, 5, 6)
+        table = output.table(headers, body, ctx.out, right=right)
         notes = [
             f"{r.name}: runs template {r.template}, {r.newer_template} was imported since "
             f"('upgrade {r.name} --template {r.newer_template} --dry-run' shows the change)"
@@ -210,6 +220,8 @@ def _show(ctx: Context, v: dict) -> None:
             f"  {'template':<9} {d.template}",
             f"  {'overlays':<9} {', '.join(d.overlays) or '-'}",
         ]
+        if d.host != "local":
+            lines.append(f"  {'host':<9} {d.host}")
         lines += section("URLs", list(d.urls.items()))
         guarded = [role for role in ("studio", "mail") if role in d.urls]
         if guarded:
@@ -222,7 +234,7 @@ def _show(ctx: Context, v: dict) -> None:
             lines += ["  " + line for line in table.splitlines()]
         lines += section("Connections", list(d.connections.items()))
         lines += section("Keys", list(d.keys.items()))
-        lines += section("Ports", [(k, f"127.0.0.1:{p}") for k, p in sorted(d.ports.items())])
+        lines += section("Ports", [(k, f"{d.bind}:{p}") for k, p in sorted(d.ports.items())])
         if d.requests:
             lines += section("Requests", [(h, f"{r:.2f}/s") for h, r in d.requests.items()])
         if not v["show_secrets"] and d.keys:
@@ -407,6 +419,11 @@ def _backup(ctx: Context, v: dict) -> None:
             f"{result.seconds:.1f} s"
         ),
     )
+
+
+def _backup_named(ctx: Context, v: dict) -> None:
+    """`backup --instance NAME`: for an instance whose name is a sub-command of backup."""
+    _backup(ctx, {**v, "name": v["instance"]})
 
 
 def _backup_all(ctx: Context, v: dict) -> None:
@@ -611,6 +628,9 @@ def _upgrade(ctx: Context, v: dict) -> int | None:
 
 
 def _clone(ctx: Context, v: dict) -> None:
+    from controller.names import validate_new_name
+
+    validate_new_name(v["new"])
     result = ctx.manager.clone(v["src"], v["new"], progress=ctx.progress)
     _warnings(ctx, result.warnings)
     _emit(
@@ -621,6 +641,79 @@ def _clone(ctx: Context, v: dict) -> None:
             f"rotated: {', '.join(result.rotated)}"
         ),
     )
+
+
+def _move(ctx: Context, v: dict) -> None:
+    result = ctx.manager.move(v["name"], v["to"], progress=ctx.progress)
+    _warnings(ctx, result.warnings)
+
+    def text() -> str:
+        lines = []
+        if result.recovered:
+            lines.append(f"an interrupted move of {result.instance} was {result.recovered}")
+        if result.backup:
+            lines.append(
+                f"moved {result.instance} from {result.source} to {result.target} "
+                f"in {result.seconds:.1f} s (backup {result.backup})"
+            )
+        else:
+            lines.append(f"{result.instance} runs on {result.target}")
+        return "\n".join(lines)
+
+    _emit(ctx, result, text)
+
+
+def _host_add(ctx: Context, v: dict) -> None:
+    record = ctx.manager.host_add(
+        v["name"], v["url"], v["bind"], v["data_root"], accept_new_key=v["accept_new_key"]
+    )
+    _emit(
+        ctx,
+        record,
+        lambda: (
+            f"added host {record.name} ({record.user}@{record.address}:{record.port}, "
+            f"ports bound to {record.bind})"
+        ),
+    )
+
+
+def _host_remove(ctx: Context, v: dict) -> None:
+    ctx.manager.host_remove(v["name"])
+    _emit(ctx, {"name": v["name"], "removed": True}, lambda: f"removed host {v['name']}")
+
+
+def _host_list(ctx: Context, v: dict) -> None:
+    from shell import output
+
+    rows = ctx.manager.host_list(live=not v["no_stats"])
+
+    def state(r) -> str:
+        if r.reachable is None:
+            return "-"
+        return f"up (Docker {r.docker_version})" if r.reachable else "unreachable"
+
+    def text() -> str:
+        body = [
+            [
+                r.name,
+                r.url or "(this machine)",
+                r.bind,
+                str(r.instances) if r.running is None else f"{r.running}/{r.instances}",
+                state(r),
+                str(r.cpus) if r.cpus else "-",
+                output.human_bytes(r.memory_bytes),
+                output.percent(r.cpu_percent),  # what our containers there use
+                output.human_bytes(r.memory_used_bytes),
+            ]
+            for r in rows
+        ]
+        headers = ["HOST", "URL", "BIND", "RUNNING", "DOCKER", "CPUS", "MEMORY", "CPU USE"]
+        headers.append("MEM USE")
+        lines = [output.table(headers, body, ctx.out, right=(3, 5, 6, 7, 8))]
+        lines += [f"{r.name}: {r.error}" for r in rows if r.error]
+        return "\n".join(lines)
+
+    _emit(ctx, rows, text)
 
 
 def _keep(text: str) -> int:
@@ -776,6 +869,13 @@ TABLE: list[Command] = [
             ("--memory",), "memory", "memory limit per service, e.g. 2g", "SIZE", type=values.memory
         ),
         Opt(("--no-start",), "no_start", "write everything but do not start it"),
+        Opt(
+            ("--host",),
+            "host",
+            "the host to run it on (`host list`; default: the one with the most free memory)",
+            "HOST",
+            complete="host",
+        ),
         details="Names: lowercase letters, digits and '-', starting with a letter, at most 40.",
         completers={"NAME": None},  # a new name: nothing to complete
     ),
@@ -853,6 +953,15 @@ TABLE: list[Command] = [
     ),
     cmd(
         "backup",
+        "back up one instance named by option (for one called list, check, prune or key)",
+        _backup_named,
+        Opt(
+            ("--instance",), "instance", "the instance", "NAME", required=True, complete="instance"
+        ),
+        Opt(("--tag",), "tag", "a tag for this backup", "TAG", repeat=True),
+    ),
+    cmd(
+        "backup",
         "back up every instance",
         _backup_all,
         Opt(("--all",), "all", "every instance", required=True),
@@ -926,6 +1035,46 @@ TABLE: list[Command] = [
         "a new instance with SRC's data (fresh backup) and none of its secrets",
         _clone,
         completers={"SRC": "instance", "NEW": None},
+    ),
+    cmd(
+        "move NAME",
+        "take an instance to another host with its data (it keeps running where it was if "
+        "that fails)",
+        _move,
+        Opt(
+            ("--to",),
+            "to",
+            "the host to move it to (`host list`; `local`: this one)",
+            "HOST",
+            required=True,
+        ),
+    ),
+    cmd(
+        "host add NAME URL",
+        "add a Docker host reached over SSH (URL: ssh://USER@ADDRESS[:PORT])",
+        _host_add,
+        Opt(("--bind",), "bind", "the host's address instance ports bind to", "ADDRESS"),
+        Opt(("--data-root",), "data_root", "folder for instance folders there", "DIR"),
+        Opt(("--accept-new-key",), "accept_new_key", "record the host's SSH key if unknown"),
+        details=(
+            "The host needs Docker and the compose plugin, and this user's key (the agent, or\n"
+            "[hosts] identity_file in the config) in its authorized_keys. Its SSH host key must\n"
+            "be known: check its fingerprint, then add it once with --accept-new-key.\n"
+            "--bind defaults to ADDRESS; never 0.0.0.0 (use a private, e.g. WireGuard, address)."
+        ),
+        completers={"NAME": None, "URL": None},
+    ),
+    cmd(
+        "host list",
+        "hosts with URL, bind address, instances, reachability, Docker version, CPUs, memory",
+        _host_list,
+        Opt(("--no-stats",), "no_stats", "only what state.json says (asks no host)"),
+    ),
+    cmd(
+        "host remove NAME",
+        "forget a host (refused while it runs instances)",
+        _host_remove,
+        completers={"NAME": "remote_host"},
     ),
     cmd("audit [NAME]", "the audit log, optionally of one instance", _audit),
     cmd("check", "health check: one line per problem, exit 1 if there is any", _check),

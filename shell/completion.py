@@ -222,6 +222,9 @@ class Completer:
             return [
                 Candidate(_q(n), start, "instance") for n in fuzzy(current, names.instance_names())
             ]
+        if kind in ("host", "remote_host"):
+            hosts = names.host_names(local=kind == "host")
+            return [Candidate(h, start, "host") for h in hosts if h.startswith(current)]
         if kind == "template":
             return [
                 Candidate(_q(t), start, "template")

@@ -48,6 +48,7 @@ STATUS_MARKS = {
     "stopped": ("○", "dim"),
     "missing": ("✗", "red"),
     "incomplete": ("…", "yellow"),
+    "unreachable": ("⊘", "red"),  # its host's engine did not answer
 }
 
 

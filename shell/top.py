@@ -62,8 +62,11 @@ class Monitor:
 
     def sample(self) -> None:
         try:
-            rows = list(self.manager.list(resources=True))
-            problem = None
+            # Every host is asked side by side; one that does not answer leaves its instances
+            # `unreachable` and is named at the top of the screen.
+            unreachable: list[str] = []
+            rows = list(self.manager.list(resources=True, problems=unreachable))
+            problem = "; ".join(unreachable) or None
         except Exception as exc:
             rows, problem = self.rows, (str(exc).splitlines() or [type(exc).__name__])[0]
         # None: Caddy answers without per-host metrics, does not answer, or this is the first
@@ -113,20 +116,21 @@ class Monitor:
             if not self.rows and self.updated:
                 out.append(("", " no instance\n"))
             spark = max(10, min(HISTORY, (width - 60) // 2))
-            names = [r.name for r in self.rows]
+            # NAME@HOST for an instance on another host (`host list`)
+            names = [r.name if r.host == "local" else f"{r.name}@{r.host}" for r in self.rows]
             name_width = max([len(n) for n in names] + [4])
             out.append(
                 (
                     "bold",
-                    f"   {'NAME':<{name_width}}  {'STATUS':<10} "
+                    f"   {'NAME':<{name_width}}  {'STATUS':<11} "
                     f"{'CPU':<{spark}} {'':>7}  {'MEMORY':<{spark}} {'':>10}\n",
                 )
             )
-            for row in self.rows:
+            for row, label in zip(self.rows, names, strict=True):
                 mark, color = STATUS_MARKS.get(row.status, ("?", "dim"))
                 style = {"green": "fg:ansigreen", "yellow": "fg:ansiyellow", "red": "fg:ansired"}
                 out.append((style.get(color, ""), f" {mark} "))
-                out.append(("", f"{row.name:<{name_width}}  {row.status:<10} "))
+                out.append(("", f"{label:<{name_width}}  {row.status:<11} "))
                 out.append(
                     ("fg:ansicyan", sparkline(list(self.cpu.get(row.name, [])), spark, 100.0))
                 )

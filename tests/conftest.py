@@ -9,6 +9,8 @@ naming scripts/provision, which sets the machine up (scripts/test runs it).
 - data_root: an empty folder to pass as --root (the path is not exported anywhere).
 - caddy: a running Caddy 2.11.7 (tests.world.caddy.CaddyProcess) whose Caddyfile imports
   data_root/caddy/*.conf; stopped at teardown.
+- worker (session), worker_sandbox: a second Docker host over SSH in a network namespace
+  (tests/world/worker.py); worker_sandbox removes what a test made on it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,27 @@ if str(REPO) not in sys.path:
 
 from tests.world.caddy import CaddyProcess  # noqa: E402
 from tests.world.dockerworld import DockerSandbox, DockerUnavailableError, connect  # noqa: E402
+from tests.world.worker import worker, worker_sandbox  # noqa: E402, F401
+
+
+@pytest.fixture(autouse=True)
+def _no_claims_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every instance created holds a claim volume on the real engine (controller/ownership.py),
+    which would refuse the same name to the next test's ROOT: this session's are removed after
+    each test (by the ROOT folder they name, so another pytest run's stay)."""
+    yield
+    from controller.engine import Engine, EngineAddress
+    from controller.errors import OperationError
+    from controller.ownership import CLAIM_LABEL, ROOT_PATH_LABEL
+
+    under = f"{tmp_path_factory.getbasetemp()}/"
+    try:
+        with Engine(EngineAddress.from_env()) as engine:
+            for volume in engine.volumes([CLAIM_LABEL]):
+                if volume.labels.get(ROOT_PATH_LABEL, "").partition(":")[2].startswith(under):
+                    engine.remove_volume(volume.name)
+    except OperationError:
+        pass  # no engine: no claim either
 
 
 @pytest.fixture(scope="session")

@@ -281,10 +281,56 @@ def test_second_backup_of_unchanged_instance_adds_little(world, first_backup):
     assert second["added"] < data["added"] / 100, (second, data)
     # Not one WAL record since the first: its base backup is reused, not streamed again.
     assert "has not changed since its last backup" in proc.stderr
+    # Nor was the folder or a volume read again: the second backup is its manifest alone,
+    # naming the first one's parts (restic by hand shows it).
+    assert _parts_by_backup(world)[second["backup"]] == {"manifest"}
+    # A file rewritten with the same size, a new Vault key in the db-config volume and a row:
+    # each part is read again, and the restores below bring back these new contents.
+    note = world.folder / "volumes" / "storage" / "stub" / "bucket" / "note.txt"
+    note.write_text(note.read_text().upper())
+    world.vault_key = write_vault_key()
     psql("insert into shop.customers (email) values ('changed@example.com')")
-    third = world.run("backup", NAME)
+    third = world.run("--json", "backup", NAME)
     assert "has not changed" not in third.stderr
+    assert _parts_by_backup(world)[json.loads(third.stdout)["backup"]] >= {
+        "db",
+        "files",
+        "volumes",
+        "manifest",
+    }
     world.expected = fingerprint()  # what the latest backup holds
+    world.expected_files = files_digest(world.folder)
+
+
+def _backup_slots() -> str:
+    return psql("select count(*) from pg_replication_slots where slot_name like 'sbm_backup_%'")
+
+
+def test_base_backup_keeps_its_wal_in_a_temporary_slot(world, first_backup):
+    """pg_basebackup writing a tar to stdout fetches its WAL at the end, with no slot of its
+    own: a temporary physical slot held for the backup keeps that WAL from being recycled."""
+    psql("insert into public.events (payload) values ('slot')")
+    proc = subprocess.Popen(
+        [*CLI, "backup", NAME],
+        env=world.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    seen = []
+    while proc.poll() is None and not seen:
+        seen = [
+            line
+            for line in psql(
+                "select slot_name, temporary, active, restart_lsn is not null "
+                "from pg_replication_slots"
+            ).splitlines()
+            if line.startswith("sbm_backup_")
+        ]
+    assert proc.wait(120) == 0, proc.stderr.read()
+    assert seen and seen[0].endswith("|t|t|t"), seen  # temporary, in use, holding WAL
+    assert _backup_slots() == "0"  # gone with the backup
+    world.expected = fingerprint()
 
 
 def test_delete_purge_then_restore_brings_everything_back(world, first_backup):
@@ -416,6 +462,9 @@ def _parts_by_backup(world) -> dict[str, set[str]]:
 
 def test_killed_backup_leaves_no_half_snapshot(world, first_backup):
     listed = {b["backup"] for b in world.json("backup", "list")}
+    # A change, so that the backup has a part to store before its manifest (an unchanged
+    # instance's backup is its manifest alone).
+    psql("insert into public.events (payload) values ('killed')")
     proc = subprocess.Popen(
         [*CLI, "backup", NAME],
         env=world.env,
@@ -424,16 +473,23 @@ def test_killed_backup_leaves_no_half_snapshot(world, first_backup):
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
-    # Kill it the moment its first part (the database) is stored, long before its manifest.
+    # Kill it the moment its first part is stored, before its manifest.
     snapshots = world.root / "backups" / "snapshots"
-    count = len(list(snapshots.iterdir()))
+
+    def stored() -> int:  # restic writes NAME-tmp-XXX, syncs it, then renames it to NAME
+        return sum("-tmp-" not in p.name for p in snapshots.iterdir())
+
+    count = stored()
     deadline = time.monotonic() + 120
-    while len(list(snapshots.iterdir())) == count and time.monotonic() < deadline:
+    while stored() == count and time.monotonic() < deadline:
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole command, as systemd or Ctrl-C would
     proc.wait(10)
+    # The slot of its base backup goes with the killed command's session.
+    wait_until(lambda: _backup_slots() == "0", timeout=30, what="the backup slot to go")
     half = [b for b in _parts_by_backup(world) if b not in listed]
-    assert len(half) == 1 and "manifest" not in _parts_by_backup(world)[half[0]]
+    assert len(half) == 1, (_parts_by_backup(world), listed, proc.stderr.read())
+    assert "manifest" not in _parts_by_backup(world)[half[0]]
     assert {b["backup"] for b in world.json("backup", "list")} == listed
     assert psql("select 1") == "1"  # the instance still runs
     # The next backup works; prune forgets the killed one's parts.

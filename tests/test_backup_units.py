@@ -147,3 +147,48 @@ def test_scheduled_commands_succeed_before_any_backup(tmp_path):
         )
         assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "keys").exists() and not (tmp_path / "backups").exists()
+
+
+def test_backup_sub_command_words_are_refused_as_new_instance_names(tmp_path):
+    """`backup NAME` cannot name an instance called like a sub-command of backup: such names
+    are refused at create (and for a restore --as or clone), with nothing written."""
+    from controller.names import RESERVED_NAMES
+    from shell.commands import TABLE
+
+    subs = {c.words[1] for c in TABLE if c.first == "backup" and len(c.words) > 1}
+    assert subs and subs <= RESERVED_NAMES  # a new `backup WORD` must reserve WORD too
+    env = dict(os.environ, SUPABASE_MANAGER_ROOT=str(tmp_path))
+
+    def run(*args):
+        return subprocess.run(
+            [*CLI, *args], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL
+        )
+
+    cases = [("list", ["create", "list"]), ("key", ["create", "key", "--no-start"])]
+    cases += [("prune", ["clone", "a", "prune"]), ("check", ["restore", "a", "--as", "check"])]
+    for word, words in cases:
+        proc = run(*words)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, (words, proc.stderr)
+        assert f"invalid instance name '{word}'" in lines[0] and f"(backup {word})" in lines[0]
+    assert not (tmp_path / "instances").exists()
+    # Names that merely start with such a word stay fine.
+    from controller.names import validate_new_name
+
+    assert validate_new_name("list-2") == "list-2"
+
+
+def test_backup_instance_option_names_an_instance_called_like_a_sub_command(tmp_path):
+    env = dict(os.environ, SUPABASE_MANAGER_ROOT=str(tmp_path))
+
+    def run(*args):
+        return subprocess.run(
+            [*CLI, *args], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL
+        )
+
+    named = run("backup", "--instance", "list", "--tag", "t")
+    assert named.returncode == 1 and "no instance named 'list'" in named.stderr
+    listing = run("--json", "backup", "list")  # still the listing of backups
+    assert "no instance named" not in listing.stderr
+    both = run("backup", "--instance", "list", "--all")
+    assert both.returncode == 2

@@ -80,7 +80,22 @@ def world(tmp_path_factory, docker_client):
             caddy.stop()
 
 
-def test_clone_shares_rows_but_no_secret(world):
+def engine_objects(docker_client, project: str) -> dict[str, set[str]]:
+    """The engine's containers, networks and volumes of compose project ``project``, and the
+    volumes its containers mount."""
+    label = {"label": f"com.docker.compose.project={project}"}
+    found = docker_client.containers.list(all=True, filters=label)
+    return {
+        "containers": {c.name for c in found},
+        "networks": {n.name for n in docker_client.networks.list(filters=label)},
+        "volumes": {v.name for v in docker_client.volumes.list(filters=label)},
+        "mounted": {
+            m["Name"] for c in found for m in c.attrs.get("Mounts", []) if m.get("Type") == "volume"
+        },
+    }
+
+
+def test_clone_shares_rows_but_no_secret(world, docker_client):
     proc = world.run("--json", "clone", SRC, NEW)
     result = json.loads(proc.stdout)
     assert result["instance"] == NEW and "POSTGRES_PASSWORD" in result["rotated"]
@@ -97,6 +112,12 @@ def test_clone_shares_rows_but_no_secret(world):
     assert logs_in(SRC, "authenticator", src["POSTGRES_PASSWORD"])
     state = json.loads((world.root / "state.json").read_text())["instances"]
     assert set(state[NEW]["ports"].values()).isdisjoint(state[SRC]["ports"].values())
+    # No container, network or volume in common, and NEW mounts none of SRC's volumes.
+    mine, theirs = engine_objects(docker_client, NEW), engine_objects(docker_client, SRC)
+    assert mine["containers"] and mine["networks"] and mine["volumes"]
+    for kind in ("containers", "networks", "volumes"):
+        assert mine[kind].isdisjoint(theirs[kind]), kind
+    assert mine["mounted"] <= mine["volumes"] and mine["mounted"].isdisjoint(theirs["volumes"])
     # Its own routes: the new API host answers through Caddy with the new instance's gateway.
     api = world.caddy.get(f"{NEW}.sbm.test", "/rest/v1/")
     assert api.status_code == 200 and f"of {NEW}" in api.text

@@ -318,7 +318,8 @@ def test_address_from_the_environment(tmp_path):
 @pytest.mark.parametrize(
     ("text", "words"),
     [
-        ("ssh://me@host", "not supported yet"),
+        ("ssh://me@host/path", "expected ssh://[USER@]HOST[:PORT]"),
+        ("ssh://me@host:notaport", "bad port"),
         ("npipe:////./pipe/docker_engine", "expected unix://PATH or tcp://HOST:PORT"),
         ("tcp://:2375", "no host name"),
         ("tcp://h:notaport", "bad port"),

@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 
 from controller.faults import ENV as FAULT_ENV
-from controller.labels import INSTANCE_LABEL, ROOT_LABEL
-from controller.ownership import PROJECT_LABEL
+from controller.labels import INSTANCE_LABEL, PORTS_LABEL, ROOT_LABEL
+from controller.ownership import CLAIM_LABEL, PROJECT_LABEL
 from tests.test_lifecycle import CLI, World
 from tests.world.caddy import route_id
 
@@ -61,21 +61,30 @@ SYNC_POINTS = ["sync.snippets-removed", "sync.snippets-written", "sync.routed"]
 
 
 def test_the_campaign_covers_every_fault_point():
-    """A point added to the code without a test here, or a test naming a point that is gone."""
-    source = Path(__file__).resolve().parents[1] / "controller"
+    """A point added to the code without a test, or a test here naming a point that is gone.
+    Points of create, delete, env set and caddy sync are this campaign's; another command's
+    (e.g. move.*) must be named in the tests of that command."""
+    tests = Path(__file__).resolve().parent
+    source = tests.parent / "controller"
     found = {
         match
         for path in source.rglob("*.py")
         for match in re.findall(r'faults\.point\("([^"]+)"\)', path.read_text())
     }
-    assert found == {*CREATE_POINTS, *DELETE_POINTS, *ENV_POINTS, *SYNC_POINTS}
+    campaign = {*CREATE_POINTS, *DELETE_POINTS, *ENV_POINTS, *SYNC_POINTS}
+    assert campaign <= found, campaign - found
+    elsewhere = "\n".join(
+        path.read_text() for path in tests.glob("test_*.py") if path.name != Path(__file__).name
+    )
+    untested = {point for point in found - campaign if f'"{point}' not in elsewhere}
+    assert not untested, f"fault points no test runs into: {sorted(untested)}"
 
 
 @pytest.fixture
 def world(data_root, caddy, docker_client):
-    """A data root with the template imported. Tests that start containers also ask for
-    docker_sandbox (the machine-wide Docker lock and the clean-up); the others make no Docker
-    object and only read the engine."""
+    """A data root with the template imported. Every create puts a claim volume on the engine,
+    so tests that check the engine (assert_agree) also ask for docker_sandbox: the machine-wide
+    Docker lock keeps another run's sandbox from removing this test's claims, and the clean-up."""
     w = World(data_root, caddy)
     # Ports of its own: an instance never started holds none on the engine, and another
     # ROOT's test could then bind one, answering where this test expects nothing.
@@ -226,7 +235,18 @@ def _engine(client, root: Path) -> dict[str, dict[str, list[str]]]:
     for n in client.networks.list(filters=mine):
         add((n.attrs.get("Labels") or {}).get(PROJECT_LABEL, "?"), "networks", n.name)
     for v in client.volumes.list(filters=mine):
-        add((v.attrs.get("Labels") or {}).get(PROJECT_LABEL, "?"), "volumes", v.name)
+        if CLAIM_LABEL not in (v.attrs.get("Labels") or {}):  # claims: see _claims
+            add((v.attrs.get("Labels") or {}).get(PROJECT_LABEL, "?"), "volumes", v.name)
+    return out
+
+
+def _claims(client, root: Path) -> dict[str, set[int]]:
+    """This ROOT's claims on the engine: instance -> the host ports it holds."""
+    owner = (root / "root-id").read_text().strip()
+    out = {}
+    for v in client.volumes.list(filters={"label": [CLAIM_LABEL, f"{ROOT_LABEL}={owner}"]}):
+        labels = v.attrs.get("Labels") or {}
+        out[labels[CLAIM_LABEL]] = {int(p) for p in labels[PORTS_LABEL].split(",") if p}
     return out
 
 
@@ -260,6 +280,9 @@ def assert_agree(world: World, client, running: dict[str, bool]) -> None:
     assert snippets == sorted(f"{name}.conf" for name in running)
     engine = _engine(client, world.root)
     assert sorted(engine) == sorted(name for name, up in running.items() if up), engine
+    # Every instance, started or not, holds its name and ports on the engine.
+    held = json.loads((world.root / "state.json").read_text())["instances"]
+    assert _claims(client, world.root) == {n: set(held[n]["ports"].values()) for n in running}
     for name, up in running.items():
         row = listed[name]
         gateway = world.caddy.get(f"{name}.sbm.test")
@@ -279,6 +302,7 @@ def assert_agree(world: World, client, running: dict[str, bool]) -> None:
 
 def assert_gone(world: World, client, name: str) -> None:
     assert _project_objects(client, name) == []
+    assert name not in _claims(client, world.root)
     assert not (world.root / "instances" / name).exists()
     assert not _routed(world, f"{name}.sbm.test")
     assert route_id(world.root, name) not in json.dumps(world.caddy.config())
@@ -316,7 +340,7 @@ def test_killed_create_and_delete_converge(
 
 
 @pytest.mark.parametrize("point", ENV_POINTS)
-def test_killed_env_set_converges_with_caddy_sync(world, docker_client, point):
+def test_killed_env_set_converges_with_caddy_sync(world, docker_client, docker_sandbox, point):
     """Studio's credentials changed by `env set`, killed at a step: .env holds the old or the new
     value, never a mix; `caddy sync` makes Caddy ask for whatever .env holds."""
     world.create("ek", TEMPLATE, "--no-start")
@@ -339,9 +363,15 @@ def test_killed_env_set_converges_with_caddy_sync(world, docker_client, point):
 
 def _drift(world: World) -> None:
     """Instances a (its live route lost), b (its snippet lost) and a leftover `ghost` (snippet and
-    route of an instance the state no longer has)."""
+    route of an instance the state no longer has; made with Docker down, so that it left no
+    claim on the engine, only Caddy's leftovers)."""
     for name in ("a", "b", "ghost"):
+        if name == "ghost":
+            world.env["DOCKER_HOST"] = f"unix://{world.root}/no-docker.sock"
         world.create(name, TEMPLATE, "--no-start")
+    world.env.pop("DOCKER_HOST")
+    if "DOCKER_HOST" in os.environ:
+        world.env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
     state_path = world.root / "state.json"
     state = json.loads(state_path.read_text())
     del state["instances"]["ghost"]
@@ -355,7 +385,7 @@ def _drift(world: World) -> None:
 
 
 @pytest.mark.parametrize("point", SYNC_POINTS)
-def test_killed_caddy_sync_converges(world, docker_client, point):
+def test_killed_caddy_sync_converges(world, docker_client, docker_sandbox, point):
     _drift(world)
     killed_at(world, point, "caddy", "sync")
     world.run("caddy", "sync")
@@ -401,24 +431,44 @@ def test_docker_gone_during_delete(world, docker_client, docker_sandbox, docker_
     assert_agree(world, docker_client, {})
 
 
-def test_caddy_gone_during_create_delete_and_env_set(world, docker_client):
-    """Caddy down only postpones the live part of create, delete and env set: each finishes with
-    one warning naming `caddy sync`, and a `caddy sync` once Caddy is back converges."""
+def test_caddy_gone_during_create_delete_and_env_set(world, docker_client, docker_sandbox):
+    """Caddy stopped in the middle of create, delete and env set: each still does all the rest
+    (record, files, snippets), then fails with one line saying what was done and that the routes
+    wait for `caddy sync` (exit 1, audited as failed with that line); a `caddy sync` once Caddy
+    is back converges."""
     for name in ("cg", "old"):
         world.create(name, TEMPLATE, "--no-start")
     standin = str(world.standin(TEMPLATE))
     create = ["create", "cn", "--template", TEMPLATE, "--extra-compose", standin, "--no-start"]
     steps = [
-        ("create.rendered", create, ["cg", "cn", "old"]),
-        ("delete.leftovers", ["delete", "old", "--purge", "--yes"], ["cg", "cn"]),
-        ("env.written", ["env", "cg", "set", f"DASHBOARD_PASSWORD={PASSWORD}"], ["cg", "cn"]),
+        ("create.rendered", create, "cn was created", ["cg", "cn", "old"]),
+        (
+            "delete.leftovers",
+            ["delete", "old", "--purge", "--yes"],
+            "old was deleted",
+            ["cg", "cn"],
+        ),
+        (
+            "env.written",
+            ["env", "cg", "set", f"DASHBOARD_PASSWORD={PASSWORD}"],
+            "cg's DASHBOARD_PASSWORD was changed",
+            ["cg", "cn"],
+        ),
     ]
-    for point, args, left in steps:
+    for point, args, done, left in steps:
         proc = paused_at(world, point, world.caddy.stop, *args)
-        assert proc.returncode == 0, proc.stderr
-        assert "Traceback" not in proc.stderr
-        warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
-        assert len(warnings) == 1 and "caddy sync" in warnings[0], proc.stderr
+        assert proc.returncode == 1, proc.stderr
+        line = error_line(proc)
+        assert line.startswith(f"supabase-manager: {done}"), line
+        assert f"Caddy's admin API at {world.caddy.admin_url} cannot be reached" in line, line
+        assert "routes are pending; run `caddy sync` once Caddy is back" in line, line
+        assert PASSWORD not in proc.stderr + proc.stdout
+        audit = json.loads((world.root / "audit.log").read_text().splitlines()[-1])
+        assert audit["outcome"] == "failed" and audit["detail"] == line.split(": ", 1)[1], audit
+        # Everything but Caddy's live routes is done already.
+        assert sorted(r["name"] for r in world.json("list")) == left
+        snippets = sorted(p.stem for p in (world.root / "caddy").glob("*.conf"))
+        assert snippets == left
         world.caddy.start()
         world.run("caddy", "sync")
         assert_agree(world, docker_client, dict.fromkeys(left, False))
@@ -426,7 +476,28 @@ def test_caddy_gone_during_create_delete_and_env_set(world, docker_client):
     assert world.caddy.get("cg-studio.sbm.test", auth=(user, PASSWORD)).status_code == 502
 
 
-def test_caddy_gone_during_caddy_sync(world, docker_client):
+def test_caddy_gone_renders_as_an_error_in_a_batch_script(world):
+    """The shell's batch mode reports it as any failed operation (the REPL runs lines through the
+    same shell.run.execute): the error line with its line number, and the script stops there
+    with exit 1."""
+    world.caddy.stop()
+    proc = subprocess.run(
+        CLI,
+        input="create bc --no-start\nenv bc set JWT_EXPIRY=120\n",
+        env=world.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr
+    line = error_line(proc)
+    assert line.startswith("supabase-manager: line 1: bc was created, but Caddy's admin API"), line
+    assert "routes are pending" in line, line
+    assert world.json("list")[0]["name"] == "bc"  # created all the same
+    assert "JWT_EXPIRY=3600" in (world.root / "instances" / "bc" / ".env").read_text()
+
+
+def test_caddy_gone_during_caddy_sync(world, docker_client, docker_sandbox):
     _drift(world)
     proc = paused_at(world, "sync.snippets-written", world.caddy.stop, "caddy", "sync")
     assert proc.returncode == 1

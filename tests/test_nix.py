@@ -729,7 +729,8 @@ def test_backup_to_a_remote_repository(evaluated, tmp_path):
     assert config["ExecStart"] == [f"{exe} backup --all", f"{exe} backup prune"]
     assert config["Type"] == "oneshot"
     assert unit["restartIfChanged"] is False
-    assert [p.rsplit("-", 1)[-1] for p in unit["path"]] == ["restic"]
+    # restic, and ssh for instances on other hosts (tests/test_nix_hosts.py).
+    assert [p.rsplit("-", 1)[-1] for p in unit["path"]] == ["restic", "openssh"]
     # The password reaches the unit as a credential, named through the environment.
     assert config["LoadCredential"] == ["backup-password:/run/secrets/backup-password"]
     assert unit["environment"]["SUPABASE_MANAGER_BACKUP_PASSWORD_FILE"] == "%d/backup-password"

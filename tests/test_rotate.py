@@ -295,10 +295,12 @@ def test_secrets_that_cannot_be_rotated_in_place_are_refused_plainly(world):
     ("step", "then", "side"),
     [
         ("journal", "rotate", "old"),
+        ("journal", "start", "old"),
         ("database", "start", "new"),
         ("pooler", "rotate", "new"),
         ("env", "start", "new"),
         ("recreate", "rotate", "new"),
+        ("recreate", "start", "new"),
     ],
 )
 def test_killed_rotation_converges(world, step, then, side):

@@ -58,7 +58,7 @@ class FakeManager:
     def health(self):
         return {"docker": True, "caddy": False}
 
-    def list(self, resources=True):
+    def list(self, resources=True, problems=None):
         self.calls.append(("list", resources))
         return [
             InstanceSummary(

@@ -185,7 +185,8 @@ def test_env_set_with_a_key_alone_asks_without_echo_on_a_terminal(tmp_path):
         env={**os.environ, **env},
         timeout=120,
     )
-    assert made.returncode == 0, made.stderr
+    # No Caddy here: the instance is made, then exit 1 says its routes are pending.
+    assert made.returncode == 1 and "routes are pending" in made.stderr, made.stderr
     tmux = Tmux(tmp_path)
     try:
         tmux.start(f"sh -c '{program()} --root {root} env tty set SMTP_PASS; sleep 30'", env)

@@ -2,8 +2,8 @@
 they never hand out the same host ports.
 
 Supabase's images cannot be pulled here: the instance runs the stand-in overlay
-(tests/world/standin.py) through --extra-compose. Root B has no Caddy (its admin address is
-closed), which only makes its commands warn.
+(tests/world/standin.py) through --extra-compose. Both ROOTs push their routes into one Caddy
+(their hosts differ).
 """
 
 import json
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.labels import ROOT_LABEL
+from controller.labels import PORTS_LABEL, ROOT_LABEL
+from controller.ownership import CLAIM_LABEL
 from tests.world.standin import write_standin_overlay
 from tests.world.templates import fixtures_dir
 
@@ -79,9 +80,26 @@ def _objects(client, project: str) -> dict[str, dict[str, str]]:
     }
 
 
+def _claims(client, project: str) -> dict[str, tuple[str, set[int]]]:
+    """Claim volumes of instance ``project`` (name -> owning ROOT id and host ports)."""
+    found = client.volumes.list(filters={"label": f"{CLAIM_LABEL}={project}"})
+    out = {}
+    for volume in found:
+        labels = volume.attrs.get("Labels") or {}
+        ports = {int(p) for p in labels.get(PORTS_LABEL, "").split(",") if p}
+        out[volume.name] = (labels.get(ROOT_LABEL, ""), ports)
+    return out
+
+
+def _refused(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if not line.startswith("… ")]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    return lines[0]
+
+
 def test_two_roots_on_one_engine(tmp_path, caddy, docker_client, docker_sandbox):
     a = Root(tmp_path / "a", "a.test", caddy.admin_url, caddy.http_port)
-    b = Root(tmp_path / "b", "b.test", "http://127.0.0.1:9", caddy.http_port)
+    b = Root(tmp_path / "b", "b.test", caddy.admin_url, caddy.http_port)
     for each in (a, b):
         each.ok("template", "import", str(FIXTURE), "--name", "t")
     standin = write_standin_overlay(
@@ -89,9 +107,21 @@ def test_two_roots_on_one_engine(tmp_path, caddy, docker_client, docker_sandbox)
     )
     extra = ["--template", "t", "--extra-compose", str(standin)]
 
-    # B names an instance c1 first, without starting it: nothing of it is on the engine yet.
-    b.ok("create", "c1", "--no-start", *extra)
-    a.ok("create", "c1", *extra)
+    # A creates c1 without starting it: no container, but its claim holds the name and ports.
+    a.ok("create", "c1", "--no-start", *extra)
+    for args in (["create", "c1", "--no-start", *extra], ["create", "c1", *extra]):
+        line = _refused(b.run(*args))
+        assert "compose project c1" in line and "claimed by the ROOT at " in line, line
+        assert f"{a.root}" in line and "not this ROOT's" in line, line
+        assert "c1" not in json.loads((b.root / "state.json").read_text())["instances"]
+        assert not (b.root / "instances" / "c1").exists()
+    # The same port range, and A's ports bound by nothing yet: B still does not get them.
+    b.ok("create", "c2", "--no-start", *extra)
+    assert a.ports("c1") and b.ports("c2") and not a.ports("c1") & b.ports("c2")
+    assert _claims(docker_client, "c1") == {"c1_sbm-claim": (a.id, a.ports("c1"))}
+
+    # A's own claim never stands in its way.
+    a.ok("start", "c1")
     mine = _objects(docker_client, "c1")
     assert mine["containers"] and all("running" in s for s in mine["containers"].values())
     assert set(mine["volumes"].values()) == {a.id} and set(mine["networks"].values()) == {a.id}
@@ -99,32 +129,43 @@ def test_two_roots_on_one_engine(tmp_path, caddy, docker_client, docker_sandbox)
     for container in docker_client.containers.list(all=True, filters=project):
         assert container.labels[ROOT_LABEL] == a.id
 
+    # B names an instance c1 while Docker is down: nothing can be checked, it is created as
+    # before (no claim: it has none to make).
+    down = {**b.env, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    created = subprocess.run(
+        [*CLI, "create", "c1", "--no-start", *extra], env=down, capture_output=True, text=True
+    )
+    assert created.returncode == 0, created.stderr
     # B does not see A's containers as its own c1...
     assert b.listed()["c1"]["status"] != "running"
     assert a.listed()["c1"]["status"] == "running"
-    # ...cannot start over them, and its delete --purge leaves them alone.
+    # ...cannot start over them, and its delete --purge leaves them and A's claim alone.
     started = b.run("start", "c1")
     assert started.returncode == 2, started.stderr
     assert "not this ROOT's" in started.stderr and len(started.stderr.strip().splitlines()) == 1
     assert _objects(docker_client, "c1") == mine
     b.ok("delete", "c1", "--purge", "--yes")
     assert _objects(docker_client, "c1") == mine
+    assert _claims(docker_client, "c1") == {"c1_sbm-claim": (a.id, a.ports("c1"))}
     assert "c1" not in b.listed()
 
     # With A's c1 stopped (its ports no longer bound), B may neither take the name again nor
     # hand out A's ports.
     a.ok("stop", "c1")
     refused = b.run("create", "c1", "--no-start", *extra)
-    assert refused.returncode == 2, refused.stderr
-    assert "c1" in refused.stderr and "not this ROOT's" in refused.stderr
+    assert "c1" in _refused(refused) and "not this ROOT's" in refused.stderr
     assert "c1" not in json.loads((b.root / "state.json").read_text())["instances"]
     assert not (b.root / "instances" / "c1").exists()
-    b.ok("create", "c2", "--no-start", *extra)
-    assert a.ports("c1") and not a.ports("c1") & b.ports("c2")
-    assert "c2" not in a.listed()
+    b.ok("create", "c3", "--no-start", *extra)
+    assert not a.ports("c1") & b.ports("c3")
+    assert "c2" not in a.listed() and "c3" not in a.listed()
 
+    # Deleted, A's c1 leaves nothing on the engine, its claim included: B may now take it.
     a.ok("delete", "c1", "--purge", "--yes")
     assert _objects(docker_client, "c1") == {"containers": {}, "volumes": {}, "networks": {}}
+    assert _claims(docker_client, "c1") == {}
+    b.ok("create", "c1", "--no-start", *extra)
+    assert _claims(docker_client, "c1") == {"c1_sbm-claim": (b.id, b.ports("c1"))}
 
 
 def _routed(caddy, host: str) -> str:
@@ -200,3 +241,21 @@ def test_two_roots_on_one_engine_and_one_caddy(
     a.ok("delete", "app", "--purge", "--yes")
     assert _objects(docker_client, "app") == {"containers": {}, "volumes": {}, "networks": {}}
     assert _routed(caddy, "app.a.test") == "" and caddy.routes() == []
+
+
+def test_a_claim_is_stale_only_for_a_root_gone_from_this_very_machine(tmp_path):
+    """Two controllers may share a host name (NixOS's default one) and a worker's engine: a
+    claim made on another machine is never taken for a ROOT of ours that is gone."""
+    from controller.ownership import Claim, root_id, where
+
+    root = tmp_path / "root"
+    root.mkdir()
+    mine = root_id(root)
+    here = where(root)
+    gone = Claim("x_sbm-claim", "x", "another-id", here, frozenset())
+    assert gone.stale()  # this machine, this path, another id: that ROOT is gone
+    assert not Claim("x_sbm-claim", "x", mine, here, frozenset()).stale()
+    host, _, path = here.partition(":")
+    twin = f"{host.split('/')[0]}/0123456789abcdef:{path}"  # same host name, other machine
+    if twin.split(":")[0] != host:
+        assert not Claim("x_sbm-claim", "x", "another-id", twin, frozenset()).stale()

@@ -6,25 +6,36 @@ service. Supabase's images cannot run here: the instance layers the stand-in ove
 template (tests/world/standin.py); the new service runs a local image in the template itself, and
 a "broken" copy of the new template makes it exit, which forces the health failure.
 The Postgres major-version refusal (2025-07-15 -> v0.8.2) needs no container.
+
+Killed upgrades: the CLI process is SIGKILLed once it reaches a risky step,
+seen from outside (the folder re-rendered, the new template's containers made, the rollback's
+restore writing the data back or waiting for health); then one plain `start` must leave the
+instance healthy on the old template with the rows written before the upgrade.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.test_rotate import World
 from tests.world.caddy import CaddyProcess
+from tests.world.cli import CLI
 from tests.world.dockerworld import DockerSandbox
 from tests.world.standin import write_standin_overlay
 from tests.world.templates import copy_template, fixtures_dir
 
 pytestmark = pytest.mark.docker
 
-NAME = "upg"
+NAME = "upgr"
 # The new service runs a local image (no registry here); the broken template's copy exits at once.
 NEW_SERVICE = """
   greeter:
@@ -131,6 +142,10 @@ def test_dry_run_shows_the_difference_and_changes_nothing(world):
     text = world.run("upgrade", NAME, "--template", "bumped", "--dry-run").stdout
     assert "services added: greeter" in text and "image rest:" in text
     assert state(world)["template"] == "base"
+    # `list` flags the instance: templates were imported after its own ("broken" came last).
+    listed = {r["name"]: r for r in world.json("list")}
+    assert listed[NAME]["template"] == "base" and listed[NAME]["newer_template"] == "broken"
+    assert f"'upgrade {NAME} --template broken --dry-run'" in world.run("list").stdout
 
 
 def test_failed_health_rolls_back_to_the_backup(world, docker_client):
@@ -154,6 +169,136 @@ def test_failed_health_rolls_back_to_the_backup(world, docker_client):
     assert "greeter" not in (world.root / "instances" / NAME / "docker-compose.yml").read_text()
 
 
+# --- killed upgrades: the next plain `start` puts them back -------------------------------------
+def checksum() -> str:
+    return psql("select md5(string_agg(body, ',' order by id)) from public.notes")
+
+
+def docker_cli_running(session: int) -> bool:
+    """Whether a process of ``session`` other than its leader (the CLI itself: a docker or
+    docker compose command it runs) is alive."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == session:
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            return True
+    return False
+
+
+def kill_when(
+    world, reached: Callable[[], bool], what: str, *args: str, env=None, between=False
+) -> None:
+    """Run the CLI and SIGKILL its whole process group as soon as ``reached()``; with
+    ``between``, only while no docker command of it runs: the engine, not the test, leaves a
+    stale network endpoint behind when a `docker create` is cut off, and the sandbox cannot then
+    remove the instance's network."""
+    proc = subprocess.Popen(
+        [*CLI, *args],
+        env={**world.env, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 180
+    try:
+        while not (reached() and not (between and docker_cli_running(proc.pid))):
+            assert proc.poll() is None, f"{args} ended before {what}: {proc.communicate()}"
+            assert time.monotonic() < deadline, f"{args} did not reach {what}"
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            # The CLI process alone, as the OOM killer would. Killing its docker children too
+            # (the whole group) cuts requests off inside the engine: Debian's dockerd 20.10
+            # then keeps a stale endpoint on the instance's network, which nothing removes.
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+        settle = time.monotonic() + 120
+        while docker_cli_running(proc.pid) and time.monotonic() < settle:
+            time.sleep(0.1)  # what it had started runs to its end, or sees its pipe close
+    assert proc.returncode == -9, f"{args} finished before it was killed ({what})"
+
+
+def write_a_row(world, row: int) -> None:
+    psql(f"insert into public.notes values ({row}, 'written before the upgrade')")
+    world.expected = checksum()
+    world.secrets = {k: env_value(world, k) for k in ("POSTGRES_PASSWORD", "JWT_SECRET")}
+
+
+def assert_put_back(world, docker_client) -> None:
+    """On base again, healthy, with the rows written before the killed upgrade (whose backup
+    it was restored from), and nothing of the interrupted upgrade or restore left."""
+    record = state(world)
+    assert record["template"] == "base"
+    assert record["phase"] == "ready"
+    status = containers(docker_client)
+    assert "greeter" not in status
+    assert set(status.values()) == {"running"}, status
+    assert checksum() == world.expected
+    folder = world.root / "instances" / NAME
+    assert "greeter" not in (folder / "docker-compose.yml").read_text()
+    assert env_value(world, "GREETER_GREETING") is None
+    assert {k: env_value(world, k) for k in world.secrets} == world.secrets
+    assert not (world.root / "upgrade" / f"{NAME}.running").exists()
+    assert not (world.root / "restore" / f"{NAME}.json").exists()
+    assert not (world.root / "restore" / f"{NAME}.aside").exists()
+    aside = docker_client.volumes.list(filters={"label": f"com.docker.compose.project={NAME}"})
+    assert not [v.name for v in aside if v.name.endswith("-sbm-aside")]
+
+
+@pytest.mark.parametrize(
+    ("step", "then"),
+    [("rendered", ("start", NAME)), ("recreated", ("start", "--all"))],
+    ids=["rendered-start", "recreated-start-all"],
+)
+def test_killed_upgrade_is_put_back_by_start(world, docker_client, step, then):
+    write_a_row(world, 1001 if step == "rendered" else 1002)
+    compose_file = world.root / "instances" / NAME / "docker-compose.yml"
+    reached = {
+        # the folder holds the new template's files; compose has not (fully) run yet
+        "rendered": lambda: "greeter:" in compose_file.read_text(),
+        # the new template's containers are made (compose done), health is being waited for
+        "recreated": lambda: "greeter" in containers(docker_client),
+    }[step]
+    kill_when(
+        world, reached, step, *("upgrade", NAME, "--template", "bumped"), between=step != "rendered"
+    )
+    assert state(world)["template"] == "bumped"  # killed half-way: the record says "bumped"
+    assert (world.root / "upgrade" / f"{NAME}.running").exists()
+    world.run(*then)
+    assert_put_back(world, docker_client)
+
+
+@pytest.mark.parametrize("phase", ["restoring", "starting"])
+def test_killed_rollback_of_a_failed_upgrade_is_finished_by_start(world, docker_client, phase):
+    """The health check fails and the rollback's restore is killed while it writes the data
+    back ("restoring") or waits for the restored instance ("starting")."""
+    write_a_row(world, 1003 if phase == "restoring" else 1004)
+    marker = world.root / "restore" / f"{NAME}.json"
+
+    def reached() -> bool:
+        try:
+            return json.loads(marker.read_text())["phase"] == phase
+        except (OSError, ValueError):
+            return False
+
+    kill_when(
+        world,
+        reached,
+        f"the rollback's restore {phase}",
+        *("upgrade", NAME, "--template", "broken"),
+        env={"SUPABASE_MANAGER_WAIT_TIMEOUT": "40"},
+        between=phase == "starting",  # "restoring": restic and tar helpers run throughout
+    )
+    assert marker.exists() and (world.root / "upgrade" / f"{NAME}.running").exists()
+    world.run("start", NAME)
+    assert_put_back(world, docker_client)
+
+
 def test_upgrade_keeps_secrets_ports_and_data(world, docker_client):
     before = {k: env_value(world, k) for k in ("POSTGRES_PASSWORD", "JWT_SECRET", "ANON_KEY")}
     ports = state(world)["ports"]
@@ -171,16 +316,17 @@ def test_upgrade_keeps_secrets_ports_and_data(world, docker_client):
     assert {t["name"]: t["instances"] for t in listing}["bumped"] == [NAME]
 
 
-def test_an_interrupted_upgrade_asks_for_a_rollback_first(world):
+def test_a_kill_before_the_record_changed_leaves_nothing_to_put_back(world):
+    """What a kill between writing the marker and committing the record leaves: `start` drops
+    the marker and restores nothing (the backup named there does not even exist)."""
     marker = world.root / "upgrade" / f"{NAME}.running"
     assert not marker.exists()  # the successful upgrade removed it
-    marker.write_text("x\n")  # what a kill between the re-render and the health check leaves
-    try:
-        proc = world.run("upgrade", NAME, "--template", "base", check=False)
-        assert proc.returncode == 1 and f"upgrade {NAME} --rollback" in proc.stderr
-        assert state(world)["template"] == "bumped"
-    finally:
-        marker.unlink()
+    marker.write_text(json.dumps({"backup": "never-made", "from": "bumped", "to": "base"}))
+    dry = world.run("upgrade", NAME, "--template", "base", "--dry-run")
+    assert "was interrupted" in dry.stderr
+    world.run("start", NAME)
+    assert not marker.exists()
+    assert state(world)["template"] == "bumped"
 
 
 def test_rollback_on_request_restores_the_previous_template(world, docker_client):

@@ -1,10 +1,13 @@
 """Prometheus metric families from one gathering pass, made on each scrape.
 
 Every name starts with ``supabase_manager_``; labels are ``instance`` (the instance's name) and,
-per container, ``service``. Caddy's own per-host request metrics are not copied: ``instance_info``
-carries the instance's host names to join them on (see README, "Metrics").
+per container, ``service``; ``host_up`` has ``host`` (where instances run, controller/hosts.py),
+which ``instance_info`` carries too. Caddy's own per-host request metrics are not copied:
+``instance_info`` carries the instance's host names to join them on (see README, "Metrics").
 A figure that could not be read is left out rather than reported as 0, except where 0 is the
-truth a monitor needs (``instance_up``, ``docker_up``, ``caddy_up``, a failed probe).
+truth a monitor needs (``instance_up``, ``docker_up``, ``host_up``, ``caddy_up``, a failed probe).
+An instance on a host whose engine did not answer has status ``unknown`` and no container
+figures: that host's ``host_up`` is 0, and the scrape itself succeeds.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def families(snapshot: Snapshot) -> list:
     info = InfoMetricFamily(
         PREFIX + "instance",
         "An instance and its public host names (join Caddy's per-host metrics on api_host).",
-        labels=["instance", "template", "api_host", "studio_host"],
+        labels=["instance", "template", "api_host", "studio_host", "host"],
     )
     one = ["instance"]
     per_service = ["instance", "service"]
@@ -88,7 +91,7 @@ def families(snapshot: Snapshot) -> list:
 
     for inst in snapshot.instances:
         name = inst.name
-        info.add_metric([name, inst.template, inst.api_host, inst.studio_host], {})
+        info.add_metric([name, inst.template, inst.api_host, inst.studio_host, inst.host], {})
         up.add_metric([name], 1.0 if inst.status == RUNNING else 0.0)
         for word in STATUSES:
             status.add_metric([name, word], 1.0 if inst.status == word else 0.0)
@@ -126,6 +129,13 @@ def families(snapshot: Snapshot) -> list:
 
     docker_up = _gauge("docker_up", "1 when the Docker engine answered this scrape.", [])
     docker_up.add_metric([], 0.0 if snapshot.docker_error else 1.0)
+    host_up = _gauge(
+        "host_up",
+        "1 when the host's Docker engine answered this scrape (local: this one).",
+        ["host"],
+    )
+    for host in snapshot.hosts:
+        host_up.add_metric([host], 0.0 if host in snapshot.host_errors else 1.0)
     caddy_up = _gauge("caddy_up", "1 when Caddy's admin API answered this scrape.", [])
     caddy_up.add_metric([], 0.0 if snapshot.caddy_error else 1.0)
     if snapshot.backups_read or snapshot.backup_error:
@@ -160,6 +170,7 @@ def families(snapshot: Snapshot) -> list:
         cpu,
         memory,
         docker_up,
+        host_up,
         caddy_up,
         *extra,
         state_ok,

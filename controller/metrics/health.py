@@ -7,6 +7,8 @@ import time
 
 from controller.config import Settings
 from controller.metrics.probes import Snapshot
+from controller.state import LOCAL_HOST
+from controller.status import host_line
 from controller.views import INCOMPLETE
 
 # An API key that expires within this many days is reported.
@@ -22,6 +24,9 @@ def problems(snapshot: Snapshot, settings: Settings, now: float | None = None) -
     if snapshot.docker_error:
         error = snapshot.docker_error
         out.append(error if "Docker" in error else f"Docker: {error}")
+    for host, error in sorted(snapshot.host_errors.items()):
+        if host != LOCAL_HOST:  # the local engine's line is docker_error's, above
+            out.append(f"{host_line(host, error)} (its instances are unreachable)")
     if snapshot.caddy_error:
         error = snapshot.caddy_error
         out.append(
@@ -36,7 +41,7 @@ def problems(snapshot: Snapshot, settings: Settings, now: float | None = None) -
             continue
         if inst.file_error:
             out.append(f"{name}: {inst.file_error}")
-        if inst.should_run and not snapshot.docker_error:
+        if inst.should_run and inst.host not in snapshot.host_errors:
             if not inst.containers:
                 out.append(f"{name}: no containers (it should be running)")
             for c in inst.containers:

@@ -1,15 +1,18 @@
 """One gathering pass over every instance: the facts both the metrics and `check` are made of.
 
 Sources, asked side by side, each with its own timeout, under one overall deadline:
-- Docker: ONE container listing for all instances (status, health), the restart count of each
-  container (cached by a long-running exporter), CPU seconds and memory from the containers'
-  cgroup files (the engine's stats only for a container whose cgroup cannot be read);
+- Docker, on every host (this machine's engine and each `host add`ed one, side by side, see
+  controller/status.py ``each_host``): ONE container listing per engine (status, health), the
+  restart count of each container (cached by a long-running exporter), CPU seconds and memory
+  from the containers' cgroup files on this machine (the engine's stats on another host, or for
+  a container whose cgroup cannot be read);
 - Caddy: ONE read of the admin API's ``/config/apps`` (which instances have their route);
 - the API probe: one request per instance through Caddy's public listener to its gateway;
 - files: disk use (the cache `list` keeps, controller/diskcache.py), API key expiry from .env,
   the last backup (controller/metrics/backups.py).
 
-A source that fails or does not answer in time marks only its own figures: ``docker_error``,
+A source that fails or does not answer in time marks only its own figures: ``docker_error``
+(this machine's engine), ``host_errors`` (any host's, whose instances' status is then UNKNOWN),
 ``caddy_error``, a failed probe, a missing disk figure. ``gather`` itself never raises.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Mapping
@@ -26,8 +30,8 @@ import attrs
 
 from controller.config import Settings
 from controller.metrics.backups import BackupFacts, LastBackups
-from controller.state import READY, InstanceRecord, StateStore
-from controller.status import job_done
+from controller.state import LOCAL_HOST, READY, InstanceRecord, State, StateStore
+from controller.status import each_host, job_done
 from controller.views import MISSING, STOPPED
 
 DOCKER_TIMEOUT = 4.0
@@ -82,13 +86,16 @@ class InstanceFacts:
     key_expiry: Mapping[str, float] = attrs.field(factory=dict)  # .env key -> Unix time
     backup: BackupFacts | None = None
     file_error: str | None = None  # the instance's .env could not be read
+    host: str = LOCAL_HOST  # where it runs (controller/hosts.py)
 
 
 @attrs.frozen
 class Snapshot:
     instances: tuple[InstanceFacts, ...]
     seconds: float
-    docker_error: str | None = None
+    docker_error: str | None = None  # this machine's engine (host "local") did not answer
+    hosts: tuple[str, ...] = (LOCAL_HOST,)  # the hosts whose engine was asked
+    host_errors: Mapping[str, str] = attrs.field(factory=dict)  # host -> why it did not answer
     caddy_error: str | None = None
     state_error: str | None = None
     backup_error: str | None = None  # the backup repository could not be read
@@ -121,13 +128,49 @@ class _DockerFacts:
     restarts: Mapping[str, int]
 
 
+def _docker_hosts(
+    settings: Settings,
+    state: State,
+    records: Mapping[str, InstanceRecord],
+    caches: Caches | None,
+    restarts: bool,
+    timeout: float,
+) -> tuple[dict[str, _DockerFacts], dict[str, str]]:
+    """Every host's engine side by side (this machine's and each known host's, whether it holds
+    instances or not: host_up says whether it answers): (host -> facts, host -> error)."""
+    from controller.status import by_host, connector
+
+    connect = connector(settings, state, timeout=DOCKER_TIMEOUT)
+    groups = by_host(records)
+    hosts = [LOCAL_HOST, *sorted(state.hosts), *groups]
+    listed: dict[str, _DockerFacts] = {}
+
+    def work(host: str) -> _DockerFacts:
+        api = connect(host)
+        try:
+            keep = functools.partial(listed.__setitem__, host)
+            return _docker(settings, api, groups.get(host, {}), caches, restarts, keep)
+        finally:
+            api.close()
+
+    facts, errors = each_host(hosts, work, timeout)
+    for host in [h for h in errors if h in listed]:
+        # It answered the listing; only the per-container figures (many containers over ssh)
+        # came late: statuses and health stand, CPU, memory and restarts are left out.
+        facts[host] = listed[host]
+        del errors[host]
+    return facts, errors
+
+
 def _docker(
     settings: Settings,
+    api,
     records: Mapping[str, InstanceRecord],
     caches: Caches | None,
     restarts: bool = True,
+    listed=None,
 ) -> _DockerFacts:
-    from controller.dockerapi import DockerAPI
+    """One engine's facts; ``listed`` is handed them without figures once the listing is in."""
     from controller.status import gather as engine_status
 
     by_template: dict[tuple, set[str]] = {}
@@ -140,22 +183,17 @@ def _docker(
         jobs[record.name] = by_template[key]
         return by_template[key]
 
-    from controller.ownership import existing_root_id
-
-    # Only this ROOT's containers (another ROOT on the engine may use the same names).
-    api = DockerAPI(timeout=DOCKER_TIMEOUT, root=existing_root_id(settings.root) or "-")
-    try:
-        found = engine_status(records, api, one_shot)  # the one listing `list` makes too
-        containers = [c for status in found.values() for c in status.containers]
-        running = [c.id for c in containers if c.state == "running"]
-        if not restarts:
-            return _DockerFacts(found, jobs, _resources(api, running), {})
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            counts = pool.submit(_restart_counts, api, containers, caches)
-            resources = _resources(api, running)
-            return _DockerFacts(found, jobs, resources, counts.result())
-    finally:
-        api.close()
+    found = engine_status(records, api, one_shot)  # the one listing `list` makes too
+    if listed is not None:
+        listed(_DockerFacts(found, dict(jobs), {}, {}))
+    containers = [c for status in found.values() for c in status.containers]
+    running = [c.id for c in containers if c.state == "running"]
+    if not restarts:
+        return _DockerFacts(found, jobs, _resources(api, running), {})
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        counts = pool.submit(_restart_counts, api, containers, caches)
+        resources = _resources(api, running)
+        return _DockerFacts(found, jobs, resources, counts.result())
 
 
 def _resources(api, ids: list[str]) -> dict[str, tuple[float | None, int | None]]:
@@ -164,19 +202,19 @@ def _resources(api, ids: list[str]) -> dict[str, tuple[float | None, int | None]
     from controller import cgroups
 
     out: dict[str, tuple[float | None, int | None]] = {}
-    reader = cgroups.Cgroups()
     missing = []
+    # Cgroup files are this machine's: only the local engine's containers are found there.
+    reader = cgroups.Cgroups() if api.engine.address.local else None
     for cid in ids:
-        files = reader.locate(cid) if reader.available() else None
+        files = reader.locate(cid) if reader is not None and reader.available() else None
         if files is None:
             missing.append(cid)
             continue
         cpu_ns, memory = cgroups.read_cpu_ns(files), cgroups.read_memory(files)
         out[cid] = (None if cpu_ns is None else cpu_ns / 1e9, memory)
     if missing:
-        # A remote engine or an unusual cgroup layout: the engine's figures give memory only.
-        for cid, usage in api.usage(missing).items():
-            out[cid] = (None, usage.memory_bytes)
+        # Another host's engine or an unusual cgroup layout: one stats call each.
+        out.update(api.counters(missing))
     return out
 
 
@@ -344,8 +382,10 @@ def gather(
     try:
         state = StateStore(settings.state_path, settings.lock_path).read()
     except Exception as exc:
-        return Snapshot((), time.monotonic() - started, state_error=_one_line(exc))
+        # No state, no hosts: no engine was asked.
+        return Snapshot((), time.monotonic() - started, hosts=(), state_error=_one_line(exc))
     records = dict(sorted(state.instances.items()))
+    engines_deadline = max(0.5, deadline - 0.5 - (time.monotonic() - started))
 
     envs: dict[str, dict[str, str]] = {}
     file_errors: dict[str, str] = {}
@@ -361,13 +401,24 @@ def gather(
         for name, record in records.items()
         if record.phase == READY
     }
-    folders = {name: settings.instance_dir(name) for name in records}
+    # Disk use of local instances only: a remote instance's data is on its host.
+    folders = {
+        name: settings.instance_dir(name) for name, r in records.items() if r.host == LOCAL_HOST
+    }
     own_caches = caches is None
     caches = caches or Caches()
 
     pool = concurrent.futures.ThreadPoolExecutor(5, thread_name_prefix="gather")
     tasks: dict[str, concurrent.futures.Future] = {
-        "docker": pool.submit(_docker, settings, records, None if own_caches else caches, restarts),
+        "docker": pool.submit(
+            _docker_hosts,
+            settings,
+            state,
+            records,
+            None if own_caches else caches,
+            restarts,
+            engines_deadline,
+        ),
         "caddy": pool.submit(_routes, settings),
         "probes": pool.submit(_probes, settings, targets),
         "disk": pool.submit(_disk, settings, folders),
@@ -389,7 +440,15 @@ def gather(
         else:
             results[source] = future.result()
 
-    docker: _DockerFacts | None = results.get("docker")  # type: ignore[assignment]
+    asked = tuple(
+        dict.fromkeys([LOCAL_HOST, *sorted(state.hosts), *(r.host for r in records.values())])
+    )
+    engines: dict[str, _DockerFacts] = {}
+    host_errors: dict[str, str] = {}
+    if "docker" in errors:
+        host_errors = dict.fromkeys(asked, errors["docker"])
+    elif "docker" in results:
+        engines, host_errors = results["docker"]  # type: ignore[misc]
     routes: set[str] | None = results.get("caddy")  # type: ignore[assignment]
     probes: dict = results.get("probes") or {}  # type: ignore[assignment]
     if "probes" in errors:
@@ -403,6 +462,7 @@ def gather(
         hosts = settings.hosts(name)
         containers: tuple[ContainerFacts, ...] = ()
         status = UNKNOWN
+        docker = engines.get(record.host)
         if docker is not None:
             found = docker.found[name]
             status = found.status
@@ -429,12 +489,15 @@ def gather(
                 key_expiry=_key_expiry(envs[name]) if name in envs else {},
                 backup=backups.last.get(name) if backups is not None else None,
                 file_error=file_errors.get(name),
+                host=record.host,
             )
         )
     return Snapshot(
         instances=tuple(instances),
         seconds=time.monotonic() - started,
-        docker_error=errors.get("docker"),
+        docker_error=host_errors.get(LOCAL_HOST),
+        hosts=asked,
+        host_errors=host_errors,
         caddy_error=errors.get("caddy"),
         backup_error=backup_error,
         backups_read=backups is not None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import os
 import re
 import secrets
 import subprocess
@@ -229,9 +230,14 @@ def _psql_many(
     return [line.split("\t") for line in out.splitlines() if line.strip()]
 
 
+# The tag a manifest names a part with when the part belongs to an earlier backup.
+REF_TAGS = {"template": "tpl", "db": "dbref", "files": "filesref", "volumes": "volref"}
+
+
 def _shared_templates(snapshots, manifests) -> set[str]:
-    """Template snapshots that manifests name (``tpl=`` tags): kept while one of them is."""
-    named = {m.tag(key) for m in manifests for key in ("tpl", "dbref") if m.tag(key)}
+    """Snapshots of parts that manifests name again (``tpl=``, ``dbref=``, ... tags): kept
+    while one of those manifests is."""
+    named = {m.tag(key) for m in manifests for key in REF_TAGS.values() if m.tag(key)}
     return {s.id for s in snapshots for ref in named if ref and s.id.startswith(ref)}
 
 
@@ -296,6 +302,21 @@ def _backup_stream(
     return bp.Part(summary.snapshot_id, summary.bytes_processed, summary.bytes_added)
 
 
+def _open_for_backup(settings: Settings, progress: Progress, notes: list[str]) -> Restic:
+    """The repository, its password made and the repository initialised on first use."""
+    restic, created = bp.open_repository(settings, create_key=True)
+    if created:
+        notes.append(
+            f"generated the backup password in {restic.password.where}: keep a copy "
+            "(`backup key export`), losing it loses every backup"
+        )
+    if not _repository_exists(restic):
+        progress(f"initialising the backup repository {restic.repository}")
+        restic.init()
+        notes.append(f"initialised a new backup repository at {restic.repository}")
+    return restic
+
+
 def backup_instance(
     settings: Settings,
     store: StateStore,
@@ -307,137 +328,276 @@ def backup_instance(
     for tag in user_tags:
         if not tag or "," in tag or "=" in tag or tag.strip() != tag:
             raise UsageError(f"invalid tag {tag!r}: no commas, '=' or spaces")
-    record = store.read().instances.get(name)
+    state = store.read()
+    record = state.instances.get(name)
     if record is None:
         raise OperationError(f"no instance named {name!r}")
     if record.phase != READY:
         raise OperationError(f"instance {name!r} is incomplete: finish or delete it first")
     started = time.monotonic()
-    restic, created = bp.open_repository(settings, create_key=True)
+    from controller.hosts import place_of
+
+    where = place_of(settings, state, record)
     notes: list[str] = []
-    if created:
-        notes.append(
-            f"generated the backup password in {restic.password.where}: keep a copy "
-            "(`backup key export`), losing it loses every backup"
-        )
-    if not _repository_exists(restic):
-        progress(f"initialising the backup repository {restic.repository}")
-        restic.init()
-        notes.append(f"initialised a new backup repository at {restic.repository}")
-    with instance_lock(settings, name):
-        # Parts of a killed backup stay invisible (no manifest) until `backup prune` drops them.
-        return _backup_locked(settings, restic, record, user_tags, progress, notes, started)
+    # Finding the password (a keyring probe) overlaps with reading the instance.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        opened = pool.submit(_open_for_backup, settings, progress, notes)
+        with instance_lock(settings, name), containerio.engine(where.docker_env()):
+            # Parts of a killed backup stay invisible (no manifest) until `backup prune` drops
+            # them.
+            return _backup_locked(
+                settings, opened, record, user_tags, progress, notes, started, where
+            )
 
 
-def _backup_locked(settings, restic, record, user_tags, progress, notes, started) -> BackupResult:
+@attrs.define
+class _Db:
+    """What the running database says before its backup."""
+
+    container: str | None = None
+    user: str = "postgres"
+    major: str = ""
+    schemas: list[str] = attrs.field(factory=list)
+    tables: list[list[str]] = attrs.field(factory=list)
+    position: list[str] | None = None
+    unchanged: bool = False
+
+
+def _probe_db(name: str, service: str | None, password: str, database: str, known) -> _Db:
+    container = _running_container(name, service) if service else None
+    if not container:
+        return _Db()
+    user, major, schemas, tables, position = _inspect_db(container, password, database)
+    unchanged = _unchanged_since(container, known, position)
+    return _Db(container, user, major, schemas, tables, position, unchanged)
+
+
+def _existing_volumes() -> set[str]:
+    return set(containerio.run_docker(["volume", "ls", "-q"], "docker volume ls").split())
+
+
+# One line per entry of the volumes (GNU find), after the time the listing was taken.
+_LIST_VOLUMES = (
+    "cd /sbm-data && date +%s.%N && "
+    "find \"$@\" -printf '%p\\t%y\\t%m\\t%U\\t%G\\t%s\\t%T@\\t%C@\\t%i\\t%l\\n'"
+)
+
+
+def _volumes_digest(image: str | None, mounts: Mapping[str, str]) -> str | None:
+    """The fingerprint of the volumes' content, read in a helper container; None when it
+    cannot be taken (no GNU find in the image) or an entry is racy."""
+    if not image or not mounts:
+        return None
+    keys = sorted(mounts)
+    command = ["sh", "-c", _LIST_VOLUMES, "sh", *keys]
+    argv = containerio.helper_argv(image, mounts, command, True, False)
+    proc = subprocess.run(
+        # --pull never: an image gone since the last backup fails at once, without a registry.
+        [argv[0], "run", "--pull", "never", *argv[2:]],
+        env=containerio.process_env(),
+        capture_output=True,
+        text=True,
+        errors="surrogateescape",
+        stdin=subprocess.DEVNULL,
+    )
+    lines = proc.stdout.splitlines()
+    if proc.returncode != 0 or not lines:
+        return None
+    try:
+        now = float(lines[0])
+    except ValueError:
+        return None
+    names = "\0".join(f"{key}={mounts[key]}" for key in keys)
+    return bp.digest_listing(lines[1:], now, "volumes\0" + names)
+
+
+def _volumes_digest_if(image: str | None, mounts: Mapping[str, str], existing) -> str | None:
+    """As _volumes_digest, only when every volume exists (`docker run -v` would make one)."""
+    if not set(mounts.values()) <= existing.result():
+        return None
+    return _volumes_digest(image, mounts)
+
+
+def _gone_check(restic: Restic, repo: str) -> Callable[[str], bool]:
+    """Whether a snapshot an earlier backup stored is gone from the repository (a prune, or a
+    `restic forget` by hand), before a new backup names it: a local repository's snapshot
+    files are looked at, a remote one is asked once (one restic run) when it comes to that."""
+    if bp.is_local(repo):
+        return lambda snapshot: bp.snapshot_gone(repo, snapshot)
+    present: list[str] | None = None
+
+    def gone(snapshot: str) -> bool:
+        nonlocal present
+        if present is None:
+            present = [s.id for s in restic.snapshots([bp.SBM_TAG])]
+        return not any(entry.startswith(snapshot) for entry in present)
+
+    return gone
+
+
+def _plan(settings: Settings, folder: Path, db_service: str | None) -> bp.Plan:
+    return bp.plan_for(folder, db_service, bp.instance_model_cached(settings, folder))
+
+
+def _backup_locked(
+    settings, restic, record, user_tags, progress, notes, started, where=None
+) -> BackupResult:
+    """The backup of ``record`` on its host ``where`` (a controller.hosts.Place; None: this
+    machine), inside ``containerio.engine(where.docker_env())``. ``restic`` is the Restic
+    adapter or a future of it.
+
+    Each part whose input provably did not change since the instance's last backup in this
+    repository is named again instead of read again: the database when not one data-changing
+    WAL record came after that backup's end point, the folder and the volumes when their
+    fingerprints (controller/backupplan.py) are the same. The probes run side by side; the
+    parts to read then run side by side too (each restic process pays a key derivation); the
+    manifest comes after all of them."""
+    from controller.hosts import Place
     from controller.templatefiles import TemplateFiles
 
+    where = where or Place(settings)
     name = record.name
     folder = settings.instance_dir(name)
+    repo = bp.repository(settings)
+    known = bp.cached_parts(settings, repo, name)
     db_service = TemplateFiles(folder).role("db", record.overlays)
-    plan = bp.plan_for(folder, db_service)
+    password = _env_value(folder, "POSTGRES_PASSWORD")
+    database = _env_value(folder, "POSTGRES_DB") or "postgres"
     backup_id = _new_id()
     parts: dict[str, bp.Part] = {}
+    remember: dict[str, dict] = {}
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as probes:
+
+        def submit(call, *args):
+            return probes.submit(containerio.in_context(lambda: call(*args)))
+
+        planned = submit(_plan, settings, folder, db_service)
+        db_probe = submit(_probe_db, name, db_service, password, database, known.get("db"))
+        existing = submit(_existing_volumes)
+        # The volumes of the last backup are listed at once, before the model confirms them.
+        last = known.get("volumes") or {}
+        early = None
+        if last.get("mounts") and last.get("image"):
+            early = submit(_volumes_digest_if, last["image"], dict(last["mounts"]), existing)
+        plan = planned.result()
+        helper = plan.db_image or next(iter(plan.images.values()), None)
+        volumes = {v.source: v.name for v in plan.volumes if v.name in existing.result()}
+        if early is not None and volumes == last["mounts"] and helper == last["image"]:
+            volumes_digest = early.result()
+        else:
+            volumes_digest = _volumes_digest(helper, volumes)
+        excludes = []
+        if plan.pgdata and plan.pgdata.type == "bind":
+            excludes.append(str((folder / plan.pgdata.source).resolve()))
+        if not where.local and plan.binds and helper:
+            # The containers of a remote instance write its bind mounts there, not in the
+            # folder here: read them on that host through a helper container.
+            excludes += [str(folder / source) for source in plan.binds]
+        files_digest = bp.folder_digest(folder, [os.path.realpath(p) for p in excludes])
+        db = db_probe.result()
+
     warnings = [
         f"bind mount {path} lies outside the instance folder and is not in the backup"
         for path in plan.external_binds
     ]
-    password = _env_value(folder, "POSTGRES_PASSWORD")
-    database = _env_value(folder, "POSTGRES_DB") or "postgres"
-    schemas: list[str] = []
-    tables: list[list[str]] = []
-    major, user = "", "postgres"
-
-    # Every part is its own restic process (each pays restic's key derivation): run them side by
-    # side; the database stream is the long one. The manifest comes after all of them.
+    if isinstance(restic, concurrent.futures.Future):
+        restic = restic.result()
+    gone = _gone_check(restic, repo)
+    known = {part: entry for part, entry in known.items() if not gone(entry["snapshot"])}
     jobs: dict[str, Callable[[], bp.Part]] = {}
+    major, user = db.major, db.user
     if plan.db_service and plan.pgdata:
-        container = _running_container(name, plan.db_service)
         tags = bp.tags(name, backup_id, "db")
-        if container:
-            user, major, schemas, tables, position = _inspect_db(container, password, database)
-            known = bp.cached_db_snapshot(settings, restic.repository, name)
-            command = ["pg_basebackup", "-U", user, "-D", "-", "-Ft", "-X", "fetch", "-c", "fast"]
-            command.append("-v")  # its stderr names the end point of the WAL it holds
+        if db.container and db.unchanged and "db" in known:
+            progress(f"the database of {name} has not changed since its last backup")
+            parts["db"] = bp.Part(known["db"]["snapshot"], int(known["db"].get("bytes") or 0))
+        elif db.container:
+            progress(f"backing up the database of {name} (pg_basebackup as {db.user})")
 
-            def db_part(command=command, tags=tags) -> bp.Part:
-                producer = containerio.exec_out(container, command, {"PGPASSWORD": password})
-                stderr: list[str] = []
-                part = _backup_stream(
-                    restic,
-                    producer,
-                    name,
-                    "db",
-                    tags,
-                    "database",
-                    progress,
-                    on_stderr=stderr.append,
+            def db_part(tags=tags) -> bp.Part:
+                part, end = _base_backup(
+                    restic, db, name, password, database, tags, progress, warnings
                 )
                 # The next backup reuses this snapshot if no data changes after its end point.
-                end = _END_POINT.search("".join(stderr))
-                if end and position:
-                    bp.remember_db_snapshot(
-                        settings,
-                        restic.repository,
-                        name,
-                        {"cluster": f"{position[0]}:{position[1]}", "end": end.group(1)},
-                        part.snapshot,
-                    )
+                if end and db.position:
+                    cluster = f"{db.position[0]}:{db.position[1]}"
+                    remember["db"] = {"cluster": cluster, "end": end, "bytes": part.bytes}
                 return part
 
-            if _unchanged_since(container, known, position):
-                progress(f"the database of {name} has not changed since its last backup")
-                parts["db"] = bp.Part(known["snapshot"])
-                db_part = None  # type: ignore[assignment]
-            else:
-                progress(f"backing up the database of {name} (pg_basebackup as {user})")
+            jobs["db"] = db_part
         else:
             # Stopped: the data folder is consistent as it is.
             progress(f"backing up the database files of {name} (it is stopped)")
             with contextlib.suppress(OSError):
-                major = (folder / plan.pgdata.source / "PG_VERSION").read_text().strip()
+                if where.local:
+                    major = (folder / plan.pgdata.source / "PG_VERSION").read_text().strip()
 
-            def db_part(tags=tags) -> bp.Part:
-                mounts = {".": _engine_path(folder, plan.pgdata)}
+            def stopped_db_part(tags=tags) -> bp.Part:
+                mounts = {".": _engine_path(folder, plan.pgdata, where)}
                 producer = containerio.tar_out(plan.db_image, mounts)
                 return _backup_stream(restic, producer, name, "db", tags, "database", progress)
 
-        if db_part is not None:
-            jobs["db"] = db_part
+            jobs["db"] = stopped_db_part
 
-    helper = plan.db_image or next(iter(plan.images.values()), None)
-    volumes = {v.source: v.name for v in plan.volumes if containerio.volume_exists(v.name)}
-    if volumes:
+    def same(part: str, digest: str | None) -> bool:
+        entry = known.get(part) or {}
+        if digest is None or entry.get("digest") != digest:
+            return False
+        parts[part] = bp.Part(entry["snapshot"], int(entry.get("bytes") or 0))
+        return True
+
+    if volumes and not same("volumes", volumes_digest):
 
         def volumes_part() -> bp.Part:
             producer = containerio.tar_out(helper, volumes)
             tags = bp.tags(name, backup_id, "volumes")
             # GNU tar exits 1 when a file changed as it was read (a live cache): still a backup.
-            return _backup_stream(
+            part = _backup_stream(
                 restic, producer, name, "volumes", tags, "volumes", progress, ok_codes=(0, 1)
             )
+            remember["volumes"] = {
+                "digest": volumes_digest,
+                "mounts": volumes,
+                "image": helper,
+                "bytes": part.bytes,
+            }
+            return part
 
         jobs["volumes"] = volumes_part
 
-    excludes = []
-    if plan.pgdata and plan.pgdata.type == "bind":
-        excludes.append(str((folder / plan.pgdata.source).resolve()))
+    if not where.local and plan.binds and helper:
 
-    def files_part() -> bp.Part:
-        tags = bp.tags(name, backup_id, "files")
-        summary = restic.backup_paths(
-            ["."], tags, cwd=folder, excludes=excludes, progress=progress, what="files"
-        )
-        return bp.Part(summary.snapshot_id, summary.bytes_processed, summary.bytes_added)
+        def binds_part() -> bp.Part:
+            mounts = {s: str(where.instance_dir(name) / s) for s in plan.binds}
+            producer = containerio.tar_out(helper, mounts)
+            tags = bp.tags(name, backup_id, "binds")
+            return _backup_stream(
+                restic, producer, name, "binds", tags, "bind mounts", progress, ok_codes=(0, 1)
+            )
 
-    jobs["files"] = files_part
+        jobs["binds"] = binds_part
+
+    if not same("files", files_digest):
+
+        def files_part() -> bp.Part:
+            tags = bp.tags(name, backup_id, "files")
+            summary = restic.backup_paths(
+                ["."], tags, cwd=folder, excludes=excludes, progress=progress, what="files"
+            )
+            part = bp.Part(summary.snapshot_id, summary.bytes_processed, summary.bytes_added)
+            remember["files"] = {"digest": files_digest, "bytes": part.bytes}
+            return part
+
+        jobs["files"] = files_part
+
     template_dir = settings.template_dir(record.template)
     template_hash = ""
     if template_dir.is_dir():
         template_hash = bp.template_hash(template_dir)
-        known = bp.cached_template_snapshot(settings, restic.repository, template_hash)
-        if known:
-            parts["template"] = bp.Part(known)  # the same template is in the repository
+        cached = bp.cached_template_snapshot(settings, restic.repository, template_hash)
+        if cached and not gone(cached):
+            parts["template"] = bp.Part(cached)  # the same template is in the repository
         else:
 
             def template_part() -> bp.Part:
@@ -450,10 +610,12 @@ def _backup_locked(settings, restic, record, user_tags, progress, notes, started
 
             jobs["template"] = template_part
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        futures = {key: pool.submit(job) for key, job in jobs.items()}
-        for key, future in futures.items():
-            parts[key] = future.result()
+    if jobs:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            # Each job's docker processes talk to the instance's engine (containerio.engine).
+            futures = {key: pool.submit(containerio.in_context(job)) for key, job in jobs.items()}
+            for key, future in futures.items():
+                parts[key] = future.result()
 
     from controller.state import converter
 
@@ -470,22 +632,23 @@ def _backup_locked(settings, restic, record, user_tags, progress, notes, started
         pgdata=attrs.asdict(plan.pgdata) if plan.pgdata else None,
         pgdata_target=plan.pgdata_target,
         images=dict(plan.images),
-        schemas=schemas,
-        tables=[[r[0], r[1], r[2] if len(r) > 2 else "0"] for r in tables],
+        schemas=db.schemas,
+        tables=[[r[0], r[1], r[2] if len(r) > 2 else "0"] for r in db.tables],
         parts=parts,
         volumes=volumes,
         user_tags=list(user_tags),
     )
     total = sum(p.bytes for p in parts.values())
     added = sum(p.added for p in parts.values())
+    # Parts named again from earlier backups: `backup prune` keeps them while a backup does.
+    refs = [f"{REF_TAGS[p]}={parts[p].snapshot}" for p in REF_TAGS if p in parts and p not in jobs]
     tags = [
         *bp.tags(name, backup_id, "manifest"),
         f"template={record.template}",
         f"pg={major or '-'}",
         f"size={total}",
         f"added={added}",
-        *([f"tpl={parts['template'].snapshot}"] if "template" in parts else []),
-        *([f"dbref={parts['db'].snapshot}"] if "db" in parts and "db" not in jobs else []),
+        *refs,
         *(f"image={svc}={img}" for svc, img in sorted(plan.images.items()) if "," not in img),
         *user_tags,
     ]
@@ -495,7 +658,12 @@ def _backup_locked(settings, restic, record, user_tags, progress, notes, started
         summary = restic.backup_stdin(
             handle, bp.stdin_name(name, "manifest"), tags, what="manifest"
         )
-    progress(f"backup {backup_id} of {name}: {human(total)} read, {human(added)} new")
+    # Only parts a visible backup holds are named again by later ones.
+    for part, entry in remember.items():
+        entry["snapshot"] = parts[part].snapshot
+    if remember:
+        bp.remember_parts(settings, repo, name, remember)
+    progress(f"backup {backup_id} of {name}: {human(total)} in all, {human(added)} new")
     return BackupResult(
         instance=name,
         backup=backup_id,
@@ -508,12 +676,72 @@ def _backup_locked(settings, restic, record, user_tags, progress, notes, started
     )
 
 
-def _engine_path(folder: Path, mount: bp.DataMount) -> str:
-    """What `docker run -v` takes for a data mount: a volume name or an absolute host path."""
+def _base_backup(
+    restic, db: _Db, name: str, password: str, database: str, tags, progress, warnings
+) -> tuple:
+    """pg_basebackup's tar streamed into restic; (the part, the WAL end point it holds).
+
+    A tar on stdout takes its WAL with ``-X fetch``, at the end, and fetch uses no replication
+    slot: on a busy database a checkpoint during a long backup recycles the segments it needs
+    ("requested WAL segment ... has already been removed"). A temporary physical slot, made
+    first in a psql session held open for the whole backup, keeps them; it goes when that
+    session ends, also when this process is killed (docker closes the session's stdin)."""
+    secret = {"PGPASSWORD": password}
+    slot = f"sbm_backup_{secrets.token_hex(4)}"
+    holder = subprocess.Popen(
+        containerio.exec_argv(
+            db.container,
+            ["psql", "-X", "-U", db.user, "-d", database, "-tA", "-v", "ON_ERROR_STOP=1"],
+            secret,
+            stdin=True,
+        ),
+        env=containerio.process_env(secret),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.write(
+            f"select slot_name from pg_create_physical_replication_slot('{slot}', true, true);\n"
+        )
+        holder.stdin.flush()
+        if holder.stdout.readline().strip() != slot:
+            warnings.append(
+                "no replication slot could be made: the base backup holds no WAL for itself, "
+                "so a long backup of a busy database may fail"
+            )
+        command = ["pg_basebackup", "-U", db.user, "-D", "-", "-Ft", "-X", "fetch", "-c", "fast"]
+        command.append("-v")  # its stderr names the end point of the WAL it holds
+        producer = containerio.exec_out(db.container, command, secret)
+        stderr: list[str] = []
+        part = _backup_stream(
+            restic, producer, name, "db", tags, "database", progress, on_stderr=stderr.append
+        )
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            holder.stdin.close()  # the session ends: its temporary slot goes with it
+        try:
+            holder.wait(30)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
+    end = _END_POINT.search("".join(stderr))
+    return part, end.group(1) if end else None
+
+
+def _engine_path(folder: Path, mount: bp.DataMount, where=None) -> str:
+    """What `docker run -v` takes for a data mount: a volume name or an absolute path on the
+    engine's host (``where``, a controller.hosts.Place: the instance's folder there)."""
     if mount.type == "volume":
         return mount.name
     path = Path(mount.source)
-    return str(path if path.is_absolute() else (folder / path).resolve())
+    if path.is_absolute():
+        return str(path)
+    if where is not None and not where.local:
+        return str(where.instance_dir(folder.name) / path)
+    return str((folder / path).resolve())
 
 
 def backup_all(
@@ -548,8 +776,7 @@ def list_backups(settings: Settings, name: str | None = None) -> list[BackupView
             "pg=",
             "size=",
             "added=",
-            "tpl=",
-            "dbref=",
+            *(f"{key}=" for key in REF_TAGS.values()),
         )
         extra = [t for t in snap.tags if not t.startswith(fixed) and not t.startswith("image=")]
         images = {}

@@ -19,7 +19,7 @@ from controller import audit
 from controller.config import Settings
 from controller.errors import ManagerError, OperationError, UsageError
 from controller.names import validate_name
-from controller.state import READY, InstanceRecord, State, StateStore
+from controller.state import LOCAL_HOST, READY, InstanceRecord, State, StateStore
 
 if TYPE_CHECKING:
     from controller.envfile import EnvFile
@@ -118,6 +118,13 @@ def require_ready(found: InstanceRecord) -> None:
             f"instance {found.name!r} is incomplete: run `create {found.name}` to finish "
             f"it or `delete {found.name}` to remove it"
         )
+    move = found.move
+    if move is not None and move.phase in ("copying", "switched"):
+        # A killed move: the folder here may be rendered for the other host already.
+        raise OperationError(
+            f"a move of {found.name} to {move.target} was interrupted: run `start {found.name}` "
+            f"or `move {found.name} --to {move.target}` to settle it first"
+        )
 
 
 def template(ctx: Context, name: str) -> TemplateFiles:
@@ -138,23 +145,51 @@ def jobs(ctx: Context, found: InstanceRecord) -> set[str]:
         return set()
 
 
-def compose(ctx: Context, name: str):
+def place(ctx: Context, host: str = LOCAL_HOST, state: State | None = None):
+    """Where instances of ``host`` run (controller/hosts.py)."""
+    from controller.hosts import Place
+    from controller.hosts import place as find
+
+    if host == LOCAL_HOST:
+        return Place(ctx.settings)  # no state read for the local engine
+    return find(ctx.settings, state or ctx.store.read(), host)
+
+
+def compose(ctx: Context, name: str, sync: bool = True):
+    """The instance's compose project on the engine of its host. For a remote instance the
+    folder is first brought up to date there (only changed files; ``sync=False`` skips it)."""
     from controller.compose import Compose
     from controller.render import compose_files
 
     directory = ctx.settings.instance_dir(name)
-    return Compose(name, directory, compose_files(directory))
+    found = ctx.store.read().instances.get(name)
+    if found is None or found.host == LOCAL_HOST:
+        return Compose(name, directory, compose_files(directory))
+    where = place(ctx, found.host)
+    if sync:
+        from controller.remotefiles import sync_folder
+
+        sync_folder(where, directory, where.instance_dir(name))
+    return Compose(
+        name, directory, compose_files(directory), where.docker_env(), where.instance_dir(name)
+    )
 
 
-def docker(ctx: Context | None = None):
-    """The Engine API client, checked to answer (DockerUnavailable: one line, exit 1). With
-    ``ctx`` it sees only this ROOT's objects (controller/ownership.py)."""
+def docker(ctx: Context | None = None, host: str = LOCAL_HOST):
+    """The Engine API client of ``host``'s engine, checked to answer (DockerUnavailable: one
+    line, exit 1). With ``ctx`` it sees only this ROOT's objects (controller/ownership.py)."""
     from controller.dockerapi import DockerAPI
     from controller.ownership import existing_root_id
 
     # No id yet: nothing of ours can exist, and "-" matches no id ever made.
     root = (existing_root_id(ctx.settings.root) or "-") if ctx is not None else None
-    api = DockerAPI(root=root)
+    if host == LOCAL_HOST or ctx is None:
+        api = DockerAPI(root=root)
+    else:
+        from controller.engine import Engine
+
+        engine = Engine(place(ctx, host).engine_address(), timeout=30)
+        api = DockerAPI(engine=engine, root=root)
     api.ping()
     return api
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import attrs
 
 from controller.errors import ManagerError, OperationError, UsageError
-from controller.names import validate_name
+from controller.names import validate_new_name
 from controller.ops.base import Context, Progress, check_writable, quiet, record
 
 
@@ -27,7 +27,7 @@ def clone(ctx: Context, source: str, new: str, progress: Progress = quiet) -> Cl
     from controller.ops.upgrade import _hooks
 
     found = record(ctx, source)
-    validate_name(new)
+    validate_new_name(new)
     if new == source:
         raise UsageError("clone: NEW must differ from SRC")
     if new in ctx.store.read().instances:

@@ -16,8 +16,8 @@ from pathlib import Path
 from controller import faults
 from controller.errors import DockerUnavailable, OperationError, UsageError
 from controller.limits import check_cpus, check_memory
-from controller.names import validate_name
-from controller.ops import publish, templates
+from controller.names import validate_name, validate_new_name
+from controller.ops import claims, publish, templates
 from controller.ops.base import (
     Context,
     Progress,
@@ -30,7 +30,7 @@ from controller.ops.base import (
     template,
 )
 from controller.ops.lifecycle import wait_healthy
-from controller.state import READY, InstanceRecord, State
+from controller.state import LOCAL_HOST, READY, InstanceRecord, State
 
 
 def create(
@@ -44,11 +44,17 @@ def create(
     memory: str | None = None,
     start: bool = True,
     progress: Progress = quiet,
+    host: str | None = None,
 ) -> list[str]:
-    """Create (or finish creating) an instance; returns warnings (e.g. Caddy change pending)."""
+    """Create (or finish creating) an instance on ``host`` (None: the one with the most free
+    memory, see ops/hosts.py; local when there is no other); returns warnings. Caddy out of
+    reach: the instance is created all the same (snippet on disk), then RoutesPending (exit 1)
+    says that its live routes wait for `caddy sync`."""
     from controller.render import read_extra_compose
 
     validate_name(name)
+    if name not in ctx.store.read().instances:
+        validate_new_name(name)  # a reserved word is refused for a new instance, not a resume
     cpus, memory = check_cpus(cpus), check_memory(memory)
     ports = _check_ports(ports)
     overlays = list(dict.fromkeys(overlays or []))
@@ -62,18 +68,22 @@ def create(
     command = "create" + (" --no-start" if not start else "")
     # An unreadable state file stops it before anything, even an audit line.
     pending = None if name in ctx.store.read().instances else _start_studio_hash()
-    with audited(ctx, command, name):
+    asked.host = _host(ctx, name, host)
+    with audited(ctx, command, name), _engine_of(ctx, asked.host):
         api = None
         if start:
             from controller.compose import check_cli
 
-            api = docker(ctx)  # Docker down: fail now, before anything is written.
+            # Docker down: fail now, before anything is written.
+            api = docker(ctx, asked.host)
             check_cli()
         else:
             with contextlib.suppress(DockerUnavailable):
-                api = docker(ctx)  # --no-start: the engine checks below need not fail it
+                api = docker(ctx, asked.host)  # --no-start: the engine checks need not fail it
         if api is not None:
             asked.reserved = _engine_ports(api)
+            if asked.host != LOCAL_HOST:
+                asked.port_free = _engine_port_free(api)
         # Refuse bad input against a snapshot first, so that nothing at all is written for it
         # (not even the instance's lock file); the transaction checks again under the lock.
         snapshot = ctx.store.read()
@@ -83,7 +93,7 @@ def create(
             # A host Caddy already serves for someone else: refused before anything is written.
             publish.check_hosts(ctx, name, mail="mail" in overlays)
         with busy(ctx, name):
-            return _create_locked(ctx, name, asked, progress, pending)
+            return _create_locked(ctx, name, asked, progress, pending, api)
 
 
 def _start_studio_hash():
@@ -108,6 +118,46 @@ def _remember_studio_hash(ctx: Context, name: str, pending) -> None:
             remember_password_hash(studio_hash_cache(ctx.settings, name), pending.password, hashed)
 
 
+def _host(ctx: Context, name: str, host: str | None) -> str:
+    """The host the instance goes to: the one it is half-created on, ``host``, or a choice."""
+    from controller.ops import hosts
+
+    state = ctx.store.read()
+    existing = state.instances.get(name)
+    if existing is not None and existing.phase != READY:
+        if host is not None and host != existing.host:
+            raise UsageError(
+                f"{name} is half-created on host {existing.host}: run `create {name}` alone "
+                f"to finish it, or `delete {name}`"
+            )
+        return existing.host
+    if host is None:
+        return hosts.choose(ctx, state)
+    if host != LOCAL_HOST and host not in state.hosts:
+        raise UsageError(f"no host named {host!r} (see `host list`)")
+    return host
+
+
+def _engine_of(ctx: Context, host: str):
+    """docker CLI processes of this create (the claim volume, controller/ownership.py) talk to
+    the engine of the instance's host."""
+    from controller.containerio import engine
+    from controller.ops.base import place
+
+    return engine(place(ctx, host).docker_env())
+
+
+def _engine_port_free(api):
+    """A test whether a port is free on a remote engine: no container there publishes it."""
+    from controller.engine import EngineError
+
+    try:
+        taken = api.engine.published_ports()
+    except EngineError as exc:
+        raise DockerUnavailable(f"cannot list containers: {exc}") from None
+    return lambda port: port not in taken
+
+
 class _Asked:
     """The options of one create call."""
 
@@ -121,6 +171,8 @@ class _Asked:
         self.start = start
         # Host ports other ROOTs' containers hold on the engine (stopped ones too).
         self.reserved: set[int] = set()
+        self.host = LOCAL_HOST
+        self.port_free = None  # for a remote host: whether its engine has the port free
 
 
 def _check_ports(ports: Mapping[str, int] | None) -> dict[str, int]:
@@ -185,11 +237,13 @@ def _decide(ctx: Context, name: str, asked: _Asked, state: State) -> InstanceRec
     _check_hosts_free(ctx, name, state)
     files = template(ctx, templates.chosen(ctx, asked.template, state))
     files.compose_paths(asked.overlays)  # unknown overlay: UsageError naming the known ones
+    # Ports are unique across all hosts (state.used_ports() holds every host's).
     allocated = allocate(
         needed_ports(files, asked.overlays),
         asked.ports,
         state.used_ports() | asked.reserved,
         ctx.settings.port_range,
+        **({"is_free": asked.port_free} if asked.port_free is not None else {}),
     )
     return InstanceRecord(
         name=name,
@@ -201,6 +255,7 @@ def _decide(ctx: Context, name: str, asked: _Asked, state: State) -> InstanceRec
         memory=asked.memory,
         autostart=asked.start,
         started=False,
+        host=asked.host,
     )
 
 
@@ -235,22 +290,28 @@ def _refuse_foreign(ctx: Context, api, found: InstanceRecord) -> None:
         raise DockerUnavailable(f"cannot list Docker objects: {exc}") from None
 
 
+def _on(host: str) -> str:
+    return "" if host == LOCAL_HOST else f" (for host {host})"
+
+
 def _create_locked(
-    ctx: Context, name: str, asked: _Asked, progress: Progress, pending=None
+    ctx: Context, name: str, asked: _Asked, progress: Progress, pending=None, api=None
 ) -> list[str]:
     from controller.render import render_instance
 
     with ctx.store.transaction() as state:
         found = _decide(ctx, name, asked, state)
-        if name in state.instances:
+        fresh = name not in state.instances
+        if not fresh:
             progress(f"finishing the interrupted create of {name}")
         if asked.start:
             found.started = True  # from here on, delete must look for containers
         state.instances[name] = found
     faults.point("create.recorded")
+    claims.make(ctx, api, found, fresh, asked.start)
 
     files = template(ctx, found.template)
-    progress(f"rendering {ctx.settings.instance_dir(name)}")
+    progress(f"rendering {ctx.settings.instance_dir(name)}" + _on(found.host))
     # On a resumed create the sources may be gone; render keeps the copies it already made.
     sources = [Path(p) for p in found.extra_compose if Path(p).is_file()]
     initial = {"DASHBOARD_PASSWORD": pending.password} if pending is not None else None
@@ -258,7 +319,7 @@ def _create_locked(
     if pending is not None:
         _remember_studio_hash(ctx, name, pending)
     faults.point("create.rendered")
-    warnings = publish.publish(ctx, found)
+    live = publish.publish_live(ctx, found)
     faults.point("create.published")
     if asked.start:
         progress("starting containers")
@@ -270,4 +331,7 @@ def _create_locked(
         if name not in state.instances:
             raise OperationError(f"{name} was deleted while it was being created")
         state.instances[name].phase = READY
-    return warnings
+    if not live:
+        started = " and started" if asked.start else ""
+        raise publish.pending(ctx, f"{name} was created{started}")
+    return []

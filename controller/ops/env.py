@@ -16,7 +16,7 @@ from controller.envusage import services_using
 from controller.errors import OperationError, UsageError
 from controller.ops import publish
 from controller.ops.base import Context, audited, busy, check_writable, env, env_text, record
-from controller.state import InstanceRecord
+from controller.state import LOCAL_HOST, InstanceRecord
 from controller.views import EnvChange, mask
 
 
@@ -119,8 +119,18 @@ def _write(ctx: Context, found: InstanceRecord, values: EnvFile, changed: list[s
         # writing, so a refusal leaves .env as it was.
         spec = publish.site_spec(ctx, found, values.as_dict())
     atomic_write(directory / ".env", values.render(), mode=0o600)
+    if found.host != LOCAL_HOST:
+        # The engine there reads the folder there: the new .env goes there now (0600 kept).
+        from controller.ops.base import place
+        from controller.remotefiles import sync_folder
+
+        where = place(ctx, found.host)
+        sync_folder(where, directory, where.instance_dir(found.name))
     faults.point("env.written")
     services = services_using(changed, compose_files(directory)) if changed else []
-    warnings = publish.publish(ctx, found, spec) if spec else []
+    live = publish.publish_live(ctx, found, spec) if spec else True
     faults.point("env.published")
-    return EnvChange(changed=changed, services=services, warnings=warnings)
+    if not live:
+        restart = f"`restart {found.name}` applies it to {', '.join(services)}" if services else ""
+        raise publish.pending(ctx, f"{found.name}'s {', '.join(changed)} was changed", restart)
+    return EnvChange(changed=changed, services=services, warnings=[])

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from controller import faults
 from controller.errors import DockerUnavailable, ManagerError, OperationError, UsageError
 from controller.names import validate_name
-from controller.ops import publish
+from controller.ops import claims, publish
 from controller.ops.base import (
     WAIT_TIMEOUT,
     Context,
@@ -45,8 +45,9 @@ def wait_healthy(
     healthcheck; a one-shot job only has to exit 0."""
     from controller.status import job_done
 
-    api = docker(ctx)
-    one_shot = jobs(ctx, record(ctx, name))
+    found = record(ctx, name)
+    api = docker(ctx, found.host)
+    one_shot = jobs(ctx, found)
     deadline = time.monotonic() + (WAIT_TIMEOUT if timeout is None else timeout)
     last = ""
     while True:
@@ -95,7 +96,7 @@ def _verb(verb: str, services: list[str] | None) -> str:
 def own_project(ctx: Context, name: str):
     """The engine client, once sure compose project ``name`` holds no container that is not
     this ROOT's: compose works by project name and would change or remove it (exit 2)."""
-    api = docker(ctx)
+    api = docker(ctx, record(ctx, name).host)
     foreign = api.foreign_containers(name)
     if foreign:
         raise UsageError(
@@ -122,7 +123,8 @@ def start(
         found = record(ctx, name)
         require_ready(found)
         services = check_services(ctx, found, services)
-        own_project(ctx, name)
+        api = own_project(ctx, name)
+        claims.ensure(ctx, api, found)  # made now if Docker was down at `create --no-start`
         # Marked before `up`: a crash half-way still leaves containers that delete must find.
         _mark(ctx, name, autostart=True if not services else None, started=True)
         compose(ctx, name).up(services)
@@ -184,19 +186,56 @@ def restart(
         wait_healthy(ctx, name, progress, services)
 
 
+def _release_claim(ctx: Context, api, name: str) -> None:
+    """Remove the instance's claim (controller/ownership.py) and this ROOT's claims left behind
+    by a delete that could not reach the engine."""
+    from controller.engine import EngineError
+    from controller.ownership import release, sweep
+
+    try:
+        release(api.engine, api.root, name)
+        sweep(api.engine, api.root, lambda: set(ctx.store.read().instances) - {name})
+    except EngineError as exc:
+        raise DockerUnavailable(f"cannot remove the claim of {name} in Docker: {exc}") from None
+
+
+def _purge_remote(ctx: Context, found, progress: Progress) -> list[str]:
+    """Remove the folder of an instance on another host there; a warning when it cannot be."""
+    from controller.ops.base import place
+    from controller.remotefiles import remove_folder
+    from controller.state import LOCAL_HOST
+
+    if found.host == LOCAL_HOST:
+        return []
+    where = place(ctx, found.host)
+    folder = where.instance_dir(found.name)
+    progress(f"removing {folder} on host {found.host}")
+    try:
+        remove_folder(where, folder)
+    except OperationError as exc:
+        return [f"{folder} on host {found.host} could not be removed ({exc}); remove it by hand"]
+    return []
+
+
 def delete(ctx: Context, name: str, purge: bool = False, progress: Progress = quiet) -> list[str]:
     """Remove the instance's containers (and with ``purge`` its volumes and folder), its Caddy
-    site, then its record. Caddy down leaves a warning; an instance never started needs no
-    Docker."""
+    site, then its record. Caddy down: all the rest is done, then RoutesPending (exit 1) says
+    that its live route waits for `caddy sync`; an instance never started needs no Docker."""
     validate_name(name)
     record(ctx, name)
     check_writable(ctx)
     warnings: list[str] = []
     with audited(ctx, "delete" + (" --purge" if purge else ""), name), busy(ctx, name):
         found = record(ctx, name)
+        if found.move is not None:
+            # Its copy on the other host would be stranded: settle the move first.
+            raise OperationError(
+                f"a move of {name} to {found.move.target} is not settled: run `start {name}` "
+                "first (it finishes or undoes it)"
+            )
         directory = ctx.settings.instance_dir(name)
         try:
-            api = docker(ctx)
+            api = docker(ctx, found.host)
         except DockerUnavailable:
             if found.started:
                 raise
@@ -212,11 +251,12 @@ def delete(ctx: Context, name: str, purge: bool = False, progress: Progress = qu
                 )
             elif (directory / ".env").is_file():
                 with contextlib.suppress(OperationError):
-                    compose(ctx, name).down(volumes=purge)
+                    compose(ctx, name, sync=False).down(volumes=purge)
             faults.point("delete.down")
             api.remove_instance_leftovers(name, volumes=purge)
+            _release_claim(ctx, api, name)
             faults.point("delete.leftovers")
-        warnings += publish.unpublish(ctx, name)
+        live = publish.unpublish_live(ctx, name)
         faults.point("delete.unpublished")
         if purge:
             progress(f"removing {directory}")
@@ -225,7 +265,11 @@ def delete(ctx: Context, name: str, purge: bool = False, progress: Progress = qu
                 shutil.rmtree(directory, onerror=lambda _f, path, _e: failed.append(path))
             if failed:
                 warnings.append(f"{failed[0]} could not be removed; remove it by hand")
+            warnings += _purge_remote(ctx, found, progress)
             faults.point("delete.purged")
         with ctx.store.transaction() as state:
             state.instances.pop(name, None)
+        if not live:
+            also = f"also: {warnings[0]}" if warnings else ""
+            raise publish.pending(ctx, f"{name} was deleted", also)
     return warnings

@@ -2,7 +2,9 @@
 unpublish one, sync every route with the desired state, report drift, and per-host request rates.
 
 Caddy being down only postpones the live part: the snippet on disk is what a Caddy restart loads,
-and `caddy sync` pushes what is pending. `caddy sync` reads the state under the adapter's lock
+and `caddy sync` pushes what is pending. A create, delete or env set that could not reach Caddy
+still does everything else, then fails (exit 1) with one RoutesPending line naming what was done
+and what is pending. `caddy sync` reads the state under the adapter's lock
 and leaves alone an instance another command is working on (its per-instance lock is held), so a
 create or delete running meanwhile never loses its route nor gets it back.
 """
@@ -15,7 +17,7 @@ from collections.abc import Mapping
 
 from controller.errors import CaddyUnavailable, ManagerError, OperationError
 from controller.ops.base import Context, audited, check_writable, env, record, template
-from controller.state import InstanceRecord
+from controller.state import LOCAL_HOST, InstanceRecord
 
 
 def config(ctx: Context, write: bool = True):
@@ -38,7 +40,13 @@ def site_spec(
 
     if values is None:
         values = env(ctx, found.name).as_dict()
-    spec = make(ctx.settings, found, template(ctx, found.template), values, write=write)
+    files = template(ctx, found.template)
+    upstream = {}
+    if found.host != LOCAL_HOST:  # Caddy dials the ports on that host's private address
+        from controller.hosts import place_of
+
+        upstream["upstream_host"] = place_of(ctx.settings, ctx.store.read(), found).upstream
+    spec = make(ctx.settings, found, files, values, write=write, **upstream)
     render_route(spec, config(ctx, write=False))  # checks the spec; needs no id
     return spec
 
@@ -55,6 +63,10 @@ def check_hosts(ctx: Context, name: str, mail: bool) -> list[str]:
     return check(config(ctx, write=False), name, hosts.values())
 
 
+class RoutesPending(CaddyUnavailable):
+    """The command did all it could, but Caddy's live routes wait for `caddy sync` (exit 1)."""
+
+
 def publish(ctx: Context, found: InstanceRecord, spec=None) -> list[str]:
     """Write the snippet and push the live route; returns a warning when Caddy is down."""
     from controller.caddy import publish as publish_site
@@ -67,6 +79,27 @@ def unpublish(ctx: Context, name: str) -> list[str]:
     from controller.caddy import unpublish as unpublish_site
 
     return unpublish_site(config(ctx), name)
+
+
+def publish_live(ctx: Context, found: InstanceRecord, spec=None) -> bool:
+    """Write the snippet and push the live route; False when Caddy could not be reached (the
+    snippet is written, the route is pending). controller.caddy's publish has a note to return
+    only then."""
+    return not publish(ctx, found, spec)
+
+
+def unpublish_live(ctx: Context, name: str) -> bool:
+    """Remove the snippet and the live route; False when Caddy could not be reached."""
+    return not unpublish(ctx, name)
+
+
+def pending(ctx: Context, done: str, note: str = "") -> RoutesPending:
+    """The one line for a command that did ``done`` but could not reach Caddy (``note``: what
+    else the user should know, at its end)."""
+    return RoutesPending(
+        f"{done}, but Caddy's admin API at {ctx.settings.caddy_admin} cannot be reached: its "
+        f"routes are pending; run `caddy sync` once Caddy is back" + (f"; {note}" if note else "")
+    )
 
 
 def specs(ctx: Context, write: bool = True) -> tuple[dict, dict[str, str]]:
@@ -159,9 +192,12 @@ def request_counts(ctx: Context) -> dict[str, float] | None:
 
 __all__ = [
     "CaddyUnavailable",
+    "RoutesPending",
     "busy_elsewhere",
     "check_hosts",
+    "pending",
     "publish",
+    "publish_live",
     "request_counts",
     "request_rates",
     "site_spec",
@@ -169,6 +205,7 @@ __all__ = [
     "status",
     "sync",
     "unpublish",
+    "unpublish_live",
 ]
 
 

@@ -52,22 +52,29 @@ def _status(found: InstanceRecord, containers, one_shot: set[str]) -> tuple[str,
     return status, running, total
 
 
-def list_instances(ctx: Context, resources: bool = True) -> list[InstanceSummary]:
+def list_instances(
+    ctx: Context, resources: bool = True, problems: list[str] | None = None
+) -> list[InstanceSummary]:
+    """Every instance with its status (and figures), every host asked side by side; an
+    instance whose host does not answer is `unreachable`, and ``problems`` (when given)
+    receives one line per such host."""
     from controller.diskcache import DiskCache
-    from controller.status import gather
+    from controller.status import connector, gather_hosts, host_line
 
     state = ctx.store.read()
     if not state.instances:
         return []
     folders = {name: ctx.settings.instance_dir(name) for name in state.instances}
-    found_all = gather(
+    found_all, unreachable = gather_hosts(
         state.instances,
-        docker(ctx),
+        connector(ctx.settings, state),
         lambda found: jobs(ctx, found),
         resources=resources,
         folders=folders,
         disk=DiskCache(ctx.settings.root / "cache" / "disk-usage.json"),
     )
+    if problems is not None:
+        problems.extend(host_line(host, why) for host, why in unreachable.items())
     newest = max(state.templates.values(), key=lambda t: t.added_at, default=None)
     summaries = []
     for name, found in sorted(state.instances.items()):
@@ -88,6 +95,7 @@ def list_instances(ctx: Context, resources: bool = True) -> list[InstanceSummary
                 memory_bytes=figures.memory_bytes,
                 disk_bytes=figures.disk_bytes,
                 newer_template=_newer_template(state, found.template, newest),
+                host=found.host,
             )
         )
     return summaries
@@ -105,7 +113,7 @@ def show(ctx: Context, name: str, show_secrets: bool = False) -> InstanceDetail:
     from controller.status import connection_strings
 
     found = record(ctx, name)
-    containers = docker(ctx).containers(name)
+    containers = docker(ctx, found.host).containers(name)
     status, _, _ = _status(found, containers, jobs(ctx, found))
     values = env(ctx, name)
     files = template(ctx, found.template)
@@ -147,7 +155,17 @@ def show(ctx: Context, name: str, show_secrets: bool = False) -> InstanceDetail:
         ),
         keys=keys,
         requests=requests,
+        host=found.host,
+        bind=_bind(ctx, found),
     )
+
+
+def _bind(ctx: Context, found: InstanceRecord) -> str:
+    from controller.hosts import LOOPBACK, place_of
+
+    if found.host == "local":
+        return LOOPBACK
+    return place_of(ctx.settings, ctx.store.read(), found).bind
 
 
 def logs(
@@ -161,7 +179,7 @@ def logs(
     """Log lines ("service | text"); with follow, until the caller stops iterating."""
     found = record(ctx, name)
     services = check_services(ctx, found, services)
-    docker()
+    docker(ctx, found.host)
     for line in compose(ctx, name).logs(services or (), tail=tail, follow=follow):
         if not errors_only or _ERROR_LINE.search(line):
             yield line

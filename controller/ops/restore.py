@@ -24,10 +24,18 @@ from controller import containerio
 from controller.config import Settings
 from controller.errors import ManagerError, OperationError, UsageError
 from controller.fsutil import atomic_write, ensure_dir
-from controller.names import validate_name
+from controller.names import validate_name, validate_new_name
 from controller.ops.backup import instance_lock, superuser
 from controller.restic import Restic, Snapshot
-from controller.state import CREATING, READY, InstanceRecord, StateStore, TemplateRecord, converter
+from controller.state import (
+    CREATING,
+    LOCAL_HOST,
+    READY,
+    InstanceRecord,
+    StateStore,
+    TemplateRecord,
+    converter,
+)
 
 Progress = Callable[[str], None]
 ASIDE_SUFFIX = "-sbm-aside"
@@ -127,9 +135,17 @@ def _stream_in(
 
 
 def materialize(
-    restic: Restic, manifest: bp.Manifest, folder: Path, project: str, progress: Progress
+    restic: Restic,
+    manifest: bp.Manifest,
+    folder: Path,
+    project: str,
+    progress: Progress,
+    where=None,
 ) -> None:
-    """The backup's folder, volumes and database files for compose project ``project``."""
+    """The backup's folder, volumes and database files for compose project ``project``, on
+    the host ``where`` (a controller.hosts.Place; None: this machine) whose engine the caller
+    made current (containerio.engine). The folder is restored here; for another host it is
+    copied there, and then ``put_binds`` fills its bind mounts there."""
     ensure_dir(folder.parent, 0o755)
     ensure_dir(folder, 0o700)
     name = manifest.instance
@@ -152,6 +168,12 @@ def materialize(
             mount = f"{project}_{pgdata.source}"
             containerio.remove_volume(mount)
             containerio.create_volume(mount, _volume_labels(project, pgdata.source))
+        elif where is not None and not where.local:
+            # A path on that host: the engine makes it; the host's copy was removed or set aside.
+            source = Path(pgdata.source)
+            mount = str(
+                source if source.is_absolute() else where.instance_dir(folder.name) / source
+            )
         else:
             path = Path(pgdata.source)
             path = path if path.is_absolute() else folder / path
@@ -163,6 +185,46 @@ def materialize(
         path = "/" + bp.stdin_name(name, "db")
         snapshot = manifest.parts["db"].snapshot
         _stream_in(restic, snapshot, path, image, {".": mount}, "the database")
+
+
+def put_binds(
+    restic: Restic, manifest: bp.Manifest, folder: Path, where, progress: Progress
+) -> None:
+    """The bind-mounted data of the backup (storage files, functions...) where the engine of
+    ``where`` reads it, once the folder is there: from the backup's ``binds`` part (taken on
+    another host), else, for another host, from the folder restored here."""
+    import subprocess
+
+    helper = _db_image(manifest)
+    remote = where is not None and not where.local
+    target = str(where.instance_dir(folder.name)) if remote else str(folder.resolve())
+    if "binds" in manifest.parts:
+        progress("restoring the bind-mounted data")
+        path = "/" + bp.stdin_name(manifest.instance, "binds")
+        _stream_in(restic, manifest.parts["binds"].snapshot, path, helper, {".": target}, "data")
+        return
+    if not remote:
+        return  # the files part put them in the folder already
+    from controller.templatefiles import TemplateFiles
+
+    db_service = TemplateFiles(folder).role("db", list(manifest.record.get("overlays") or []))
+    present = [b for b in bp.plan_for(folder, db_service).binds if (folder / b).exists()]
+    if not present:
+        return
+    progress(f"copying the bind-mounted data to {where.host}")
+    tar = subprocess.Popen(
+        ["tar", "-C", str(folder), "-cf", "-", *present],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        tin = containerio.tar_in(helper, {".": target}, tar.stdout)
+    finally:
+        if tar.stdout:
+            tar.stdout.close()
+    containerio.finish(tin, "copying the bind-mounted data")
+    containerio.finish(tar, "reading the bind-mounted data")
 
 
 def _ensure_template(settings, store, restic: Restic, manifest: bp.Manifest, progress) -> None:
@@ -203,7 +265,10 @@ def restore(
 ) -> RestoreResult:
     validate_name(name)
     target = as_name or name
-    validate_name(target)
+    if as_name:
+        validate_new_name(as_name)  # a new instance may not take a reserved word
+    else:
+        validate_name(target)  # putting back an instance keeps the name it had
     if as_name:
         state = store.read()
         if as_name in state.instances:
@@ -217,19 +282,100 @@ def restore(
     restic, _ = bp.open_repository(settings)
     snap, manifest = find_backup(restic, name, ref)
     with instance_lock(settings, target):
-        recover(settings, store, target, hooks, progress)
-        existing = store.read().instances.get(target)
+        return _restore_locked(settings, store, restic, snap, manifest, target, hooks, progress)
+
+
+def restore_locked(
+    settings: Settings,
+    store: StateStore,
+    name: str,
+    hooks: Hooks,
+    ref: str | None = None,
+    progress: Progress = _quiet,
+) -> RestoreResult:
+    """``restore`` of ``name`` in place, for a caller that already holds its lock (an upgrade's
+    rollback, or `start` converging an interrupted upgrade): the lock is not reentrant."""
+    validate_name(name)
+    restic, _ = bp.open_repository(settings)
+    snap, manifest = find_backup(restic, name, ref)
+    return _restore_locked(settings, store, restic, snap, manifest, name, hooks, progress)
+
+
+def _restore_locked(settings, store, restic, snap, manifest, target, hooks, progress):
+    recover(settings, store, target, hooks, progress)
+    existing = store.read().instances.get(target)
+    # Onto the instance's host (a new instance: this machine); its engine for every docker run.
+    where = _place(settings, store, existing.host if existing else LOCAL_HOST)
+    with containerio.engine(where.docker_env()):
         if existing is not None:
             return _in_place(settings, store, restic, snap, manifest, existing, hooks, progress)
         return _fresh(settings, store, restic, snap, manifest, target, hooks, progress)
 
 
-def _compose(settings: Settings, name: str):
+def _place(settings: Settings, store: StateStore, host: str | None):
+    from controller.hosts import place
+
+    return place(settings, store.read(), host or LOCAL_HOST)
+
+
+def _compose(settings: Settings, name: str, where=None):
+    """The compose project of ``name`` on ``where``'s engine (None: this machine); the folder
+    is rendered here and, for another machine, copied there by the caller."""
     from controller.compose import Compose
     from controller.render import compose_files
 
     folder = settings.instance_dir(name)
-    return Compose(name, folder, compose_files(folder))
+    if where is None or where.local:
+        return Compose(name, folder, compose_files(folder))
+    return Compose(
+        name, folder, compose_files(folder), where.docker_env(), where.instance_dir(name)
+    )
+
+
+def _remote_folder(where, name: str, script: str, image: str | None, what: str) -> None:
+    """Run ``script`` (sh, ``$1``: the folder's name) in the parent of the instance folder on
+    another host, as root through its engine (the containers' files are theirs)."""
+    if where is None or where.local or not image:
+        return
+    path = where.instance_dir(name)
+    command = ["sh", "-c", "cd /sbm-data && " + script, "sh", path.name]
+    containerio.run_helper(image, {".": str(path.parent)}, command, f"{what} on {where.host}")
+
+
+_REMOTE_ASIDE = 'if [ -e "$1" ]; then rm -rf ".$1.sbm-aside" && mv "$1" ".$1.sbm-aside"; fi'
+_REMOTE_BACK = 'if [ -e ".$1.sbm-aside" ]; then rm -rf "$1" && mv ".$1.sbm-aside" "$1"; fi'
+_REMOTE_DROP_ASIDE = 'rm -rf ".$1.sbm-aside"'
+_REMOTE_REMOVE = 'rm -rf "$1"'
+
+
+def drop_local_binds(folder: Path, binds) -> None:
+    """For an instance on another machine, the data of its bind mounts lives there only: a copy
+    left here would be copied over it by the next sync (which copies every file that differs)."""
+    for source in binds:
+        path = folder / source
+        if path.is_dir() and not path.is_symlink():
+            for child in path.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+
+
+def to_host(restic, manifest: bp.Manifest, folder: Path, where, progress: Progress) -> None:
+    """The folder rendered here copied to another host, and the backup's bind-mounted data
+    put there (nothing to do for this machine but data from a backup taken elsewhere)."""
+    if where is not None and not where.local:
+        from controller.remotefiles import sync_folder
+        from controller.templatefiles import TemplateFiles
+
+        put_binds(restic, manifest, folder, where, progress)
+        overlays = list(manifest.record.get("overlays") or [])
+        db_service = TemplateFiles(folder).role("db", overlays)
+        drop_local_binds(folder, bp.plan_for(folder, db_service).binds)
+        progress(f"copying the folder of {folder.name} to {where.host}")
+        sync_folder(where, folder, where.instance_dir(folder.name))
+    else:
+        put_binds(restic, manifest, folder, where, progress)
 
 
 def _project_volumes(project: str) -> list[str]:
@@ -241,7 +387,7 @@ def _project_volumes(project: str) -> list[str]:
     return [v for v in out.split() if not v.endswith(ASIDE_SUFFIX)]
 
 
-def _set_aside(settings, name: str, image: str | None, marker: dict, progress) -> None:
+def _set_aside(settings, name: str, image: str | None, marker: dict, progress, where=None):
     """Stop the instance and move its folder and volumes aside, noting each step in the marker
     before the original goes, so that a kill at any point can be undone."""
     folder = settings.instance_dir(name)
@@ -250,7 +396,12 @@ def _set_aside(settings, name: str, image: str | None, marker: dict, progress) -
     progress(f"stopping {name} and moving its data aside")
     if (folder / ".env").is_file():
         with contextlib.suppress(OperationError):
-            _compose(settings, name).down(volumes=False)
+            _compose(settings, name, where).down(volumes=False)
+    if where is not None and not where.local:
+        # Its folder there holds the data the containers wrote (bind mounts): aside there too.
+        marker["remote_aside"] = True
+        _write_marker(settings, name, marker)
+        _remote_folder(where, name, _REMOTE_ASIDE, image, "moving the folder aside")
     ensure_dir(aside, 0o700)
     if folder.exists():
         folder.rename(aside / "folder")
@@ -272,6 +423,7 @@ def _marker(settings, name: str, manifest: bp.Manifest, record, image) -> dict:
         "volumes": [],
         "image": image,
         "created": record is None,
+        "host": record.host if record is not None else LOCAL_HOST,
     }
 
 
@@ -282,7 +434,8 @@ def _db_image(manifest: bp.Manifest) -> str:
 def _in_place(settings, store, restic, snap, manifest, existing, hooks, progress):
     name = existing.name
     marker = _marker(settings, name, manifest, existing, _db_image(manifest))
-    _set_aside(settings, name, marker["image"], marker, progress)
+    where = _place(settings, store, existing.host)
+    _set_aside(settings, name, marker["image"], marker, progress, where)
     return _finish(settings, store, restic, snap, manifest, name, existing, hooks, progress, marker)
 
 
@@ -298,23 +451,28 @@ def _finish(settings, store, restic, snap, manifest, target, existing, hooks, pr
     from controller.templatefiles import TemplateFiles
 
     warnings: list[str] = []
+    where = _place(settings, store, marker.get("host"))
     # The database goes back in time: its next backup must not take it for unchanged.
     bp.remember_db_snapshot(settings, None, target, None, None)
     try:
         _ensure_template(settings, store, restic, manifest, progress)
         folder = settings.instance_dir(target)
-        materialize(restic, manifest, folder, target, progress)
+        materialize(restic, manifest, folder, target, progress, where)
         record = converter.structure(dict(manifest.record), InstanceRecord)
         record.name = target
+        record.move = None  # a backup taken by a `move` records it under way
+        record.host = existing.host if existing else LOCAL_HOST
         record.created_at = existing.created_at if existing else record.created_at
         before = dict(record.ports)
         record.ports = (
             dict(existing.ports) if existing else _choose_ports(settings, store, record, target)
         )
         changed = {k: p for k, p in record.ports.items() if before.get(k) != p}
-        if target != manifest.instance or changed:
+        moved = record.host != (manifest.record.get("host") or LOCAL_HOST)
+        if target != manifest.instance or changed or moved:
             files = TemplateFiles(settings.template_dir(record.template))
             render_instance(settings, record, files, [])
+        to_host(restic, manifest, folder, where, progress)
         record.phase = READY if existing else CREATING
         record.autostart = True
         with store.transaction() as state:
@@ -322,7 +480,7 @@ def _finish(settings, store, restic, snap, manifest, target, existing, hooks, pr
         marker["phase"] = "starting"
         _write_marker(settings, target, marker)
         progress(f"starting {target}")
-        _compose(settings, target).up()
+        _compose(settings, target, where).up()
         hooks.wait_healthy(target, progress)
         warnings += hooks.publish(target, record)
         with store.transaction() as state:
@@ -337,7 +495,7 @@ def _finish(settings, store, restic, snap, manifest, target, existing, hooks, pr
         raise OperationError(f"restore of {target} failed ({reason}); {what}") from None
     marker["phase"] = "cleanup"
     _write_marker(settings, target, marker)
-    _cleanup(settings, target, marker)
+    _cleanup(settings, target, marker, where)
     if target != manifest.instance:
         warnings.append(
             f"{target} keeps the secrets of {manifest.instance}'s backup (passwords, JWT keys); "
@@ -357,9 +515,11 @@ def _finish(settings, store, restic, snap, manifest, target, existing, hooks, pr
     )
 
 
-def _cleanup(settings: Settings, name: str, marker: dict) -> None:
+def _cleanup(settings: Settings, name: str, marker: dict, where=None) -> None:
     """After success: drop the aside copy, then the marker."""
     shutil.rmtree(marker["aside"], ignore_errors=True)
+    if marker.get("remote_aside"):
+        _remote_folder(where, name, _REMOTE_DROP_ASIDE, marker["image"], "removing the aside copy")
     for volume in marker["volumes"]:
         with contextlib.suppress(OperationError):
             containerio.remove_volume(volume + ASIDE_SUFFIX)
@@ -367,12 +527,14 @@ def _cleanup(settings: Settings, name: str, marker: dict) -> None:
         _marker_path(settings, name).unlink()
 
 
-def _remove_restored(settings: Settings, name: str) -> None:
+def _remove_restored(settings: Settings, name: str, where=None, image: str | None = None):
     folder = settings.instance_dir(name)
     if (folder / ".env").is_file():
         with contextlib.suppress(OperationError):
-            _compose(settings, name).down(volumes=True)
+            _compose(settings, name, where).down(volumes=True)
     shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OperationError):
+        _remote_folder(where, name, _REMOTE_REMOVE, image, "removing the restored folder")
 
 
 def _rollback(settings, store, name, hooks: Hooks, marker: dict, progress: Progress) -> None:
@@ -380,12 +542,16 @@ def _rollback(settings, store, name, hooks: Hooks, marker: dict, progress: Progr
     progress(f"rolling back the restore of {name}")
     folder = settings.instance_dir(name)
     aside = Path(marker["aside"])
+    where = _place(settings, store, marker.get("host"))
     if marker["phase"] != "aside":
-        _remove_restored(settings, name)  # everything there now came from the backup
+        # everything there now came from the backup
+        _remove_restored(settings, name, where, marker["image"])
     if (aside / "folder").is_dir():
         if folder.exists():  # a kill between creating and filling it: nothing of value
             shutil.rmtree(folder)
         (aside / "folder").rename(folder)
+    if marker.get("remote_aside"):
+        _remote_folder(where, name, _REMOTE_BACK, marker["image"], "putting the folder back")
     for volume in marker["volumes"]:
         copy = volume + ASIDE_SUFFIX
         # During "aside" the original may still be whole (the kill came before its removal).
@@ -404,9 +570,9 @@ def _rollback(settings, store, name, hooks: Hooks, marker: dict, progress: Progr
             hooks.unpublish(name)
     elif marker["record"].get("autostart", True) and (folder / ".env").is_file():
         with contextlib.suppress(ManagerError):
-            _compose(settings, name).up()
+            _compose(settings, name, where).up()
             hooks.wait_healthy(name, progress)
-    _cleanup(settings, name, marker)
+    _cleanup(settings, name, marker, where)
 
 
 def recover(settings, store, name: str, hooks: Hooks, progress: Progress = _quiet) -> str | None:
@@ -421,11 +587,13 @@ def recover(settings, store, name: str, hooks: Hooks, progress: Progress = _quie
         raise OperationError(
             f"{path} is unreadable: a killed restore needs a look by hand"
         ) from None
-    if marker.get("phase") == "cleanup":
-        _cleanup(settings, name, marker)
-        progress(f"finished the interrupted restore of {name}")
-        return "finished"
-    _rollback(settings, store, name, hooks, marker, progress)
+    where = _place(settings, store, marker.get("host"))
+    with containerio.engine(where.docker_env()):
+        if marker.get("phase") == "cleanup":
+            _cleanup(settings, name, marker, where)
+            progress(f"finished the interrupted restore of {name}")
+            return "finished"
+        _rollback(settings, store, name, hooks, marker, progress)
     progress(f"rolled back the interrupted restore of {name}")
     return "rolled back"
 

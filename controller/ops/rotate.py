@@ -75,6 +75,15 @@ def _read_journal(ctx: Context, name: str) -> dict | None:
         ) from None
 
 
+def _engine(ctx: Context, name: str):
+    """docker exec (psql in the db container) on the engine of the instance's host."""
+    from controller import containerio
+    from controller.hosts import place_of
+
+    where = place_of(ctx.settings, ctx.store.read(), record(ctx, name))
+    return containerio.engine(where.docker_env())
+
+
 def _checkpoint(step: str) -> None:
     if os.environ.get(FAULT_ENV) == f"rotate:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -149,7 +158,11 @@ def rotate(
     if not dry_run:
         check_writable(ctx)
     words = " ".join(["rotate", *keys] + (["--finish"] if finish else []))
-    with audited(ctx, words + (" --dry-run" if dry_run else ""), name), busy(ctx, name):
+    with (
+        audited(ctx, words + (" --dry-run" if dry_run else ""), name),
+        busy(ctx, name),
+        _engine(ctx, name),
+    ):
         recovered = None if dry_run else recover(ctx, name, progress)
         found = record(ctx, name)
         require_ready(found)
@@ -325,6 +338,11 @@ def recover(ctx: Context, name: str, progress: Progress = quiet) -> str | None:
     journal = _read_journal(ctx, name)
     if journal is None:
         return None
+    with _engine(ctx, name):
+        return _recover(ctx, name, journal, progress)
+
+
+def _recover(ctx: Context, name: str, journal: dict, progress: Progress) -> str:
     found = record(ctx, name)
     if _has_db_part(journal):
         side = _database_side(ctx, name, journal, progress)

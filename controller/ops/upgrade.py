@@ -11,13 +11,17 @@ template). `--rollback` restores that backup on request.
 A Postgres major version change is refused: the data folder of one major cannot be opened by
 another; it needs pg_upgrade or a dump and restore, which this version does not do.
 
-Killed half-way: the record already names the backup and a marker (ROOT/upgrade/NAME.running)
-makes the next upgrade ask for `upgrade NAME --rollback`, which goes back.
+Killed half-way (or a rollback killed): a marker (ROOT/upgrade/NAME.running) names the backup,
+and the next `start NAME` (or `start --all`), `upgrade NAME` or `upgrade NAME --rollback` restores
+it under the instance's lock (``recover``), as a failed health check would have; a killed restore
+of that rollback is first finished or undone by restore's own marker.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import attrs
 
@@ -147,9 +151,35 @@ def compare(old, new, overlays: list[str]) -> UpgradeDiff:
     )
 
 
-def _marker(ctx: Context, name: str):
-    """Present while an upgrade of ``name`` is between its re-render and its health check."""
+def _marker(ctx: Context, name: str) -> Path:
+    """Present while an upgrade of ``name`` is past its backup and not yet done (or rolled
+    back): {"backup": ID, "from": OLD, "to": NEW} (an older version wrote the backup id alone)."""
     return ctx.settings.root / "upgrade" / f"{name}.running"
+
+
+def _write_marker(ctx: Context, name: str, data: dict) -> None:
+    from controller.fsutil import atomic_write, ensure_dir
+
+    ensure_dir(_marker(ctx, name).parent, 0o700)
+    atomic_write(_marker(ctx, name), json.dumps(data) + "\n", mode=0o600)
+
+
+def _read_marker(ctx: Context, name: str) -> dict | None:
+    try:
+        text = _marker(ctx, name).read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OperationError(f"{_marker(ctx, name)} cannot be read: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = {"backup": text.strip()}
+    return data if isinstance(data, dict) else {"backup": str(data)}
+
+
+def pending(ctx: Context, name: str) -> bool:
+    return _marker(ctx, name).is_file()
 
 
 def _hooks(ctx: Context):
@@ -174,6 +204,25 @@ def major_refusal(diff: UpgradeDiff, allow_major: bool) -> str:
     return what + " (give --allow-major once that is supported; nothing was changed)"
 
 
+def _plan(ctx: Context, found, new_template: str):
+    """The new template's files and the difference, or UsageError for a template that is not
+    there or lacks one of the instance's overlays."""
+    from controller.ops.templates import names as template_names
+
+    if new_template not in template_names(ctx):
+        raise UsageError(f"no template named {new_template!r}; `template list` shows them")
+    old_files, new_files = template(ctx, found.template), template(ctx, new_template)
+    new_files.compose_paths(found.overlays)  # an overlay the new template lacks: UsageError
+    return new_files, compare(old_files, new_files, list(found.overlays))
+
+
+def _refuse(name: str, found, new_template: str, diff: UpgradeDiff, allow_major: bool) -> None:
+    if diff.major_change:
+        raise UsageError(major_refusal(diff, allow_major))
+    if new_template == found.template:
+        raise UsageError(f"{name} already runs template {new_template}")
+
+
 def upgrade(
     ctx: Context,
     name: str,
@@ -184,92 +233,162 @@ def upgrade(
 ) -> UpgradeResult:
     found = record(ctx, name)
     require_ready(found)
-    from controller.ops.templates import names as template_names
-
-    if new_template not in template_names(ctx):
-        raise UsageError(f"no template named {new_template!r}; `template list` shows them")
-    old_files, new_files = template(ctx, found.template), template(ctx, new_template)
-    new_files.compose_paths(found.overlays)  # an overlay the new template lacks: UsageError
-    diff = compare(old_files, new_files, list(found.overlays))
+    new_files, diff = _plan(ctx, found, new_template)
+    interrupted = pending(ctx, name)
+    unfinished = interrupted or _unfinished_elsewhere(ctx, name)
     if dry_run:
-        return UpgradeResult(name, True, diff)
-    if diff.major_change:
-        raise UsageError(major_refusal(diff, allow_major))
-    if new_template == found.template:
-        raise UsageError(f"{name} already runs template {new_template}")
-    if _marker(ctx, name).is_file():
-        raise OperationError(
-            f"an upgrade of {name} was interrupted: run `upgrade {name} --rollback` first"
-        )
+        interrupted_note = f"an upgrade of {name} was interrupted: the next start puts it back"
+        notes = [interrupted_note] if interrupted else []
+        return UpgradeResult(name, True, diff, warnings=notes)
+    if not unfinished:
+        _refuse(name, found, new_template, diff, allow_major)
     check_writable(ctx)
-    from controller.ops import backup, restore
+    from controller.ops import backup
 
     with audited(ctx, f"upgrade --template {new_template}", name):
+        if unfinished:
+            # The backup below must not take a half-restored or half-rotated instance.
+            with busy(ctx, name):
+                converge(ctx, name, progress)
+            found = record(ctx, name)
+            require_ready(found)
+            new_files, diff = _plan(ctx, found, new_template)
+            _refuse(name, found, new_template, diff, allow_major)
         progress(f"backing up {name} before the upgrade")
         snap = backup.backup_instance(ctx.settings, ctx.store, name, ["pre-upgrade"], progress)
-        try:
-            warnings = _apply(ctx, name, new_template, new_files, snap.backup, progress)
-        except ManagerError as exc:
-            progress(f"{name} did not come up on {new_template}: restoring backup {snap.backup}")
-            restore.restore(ctx.settings, ctx.store, name, _hooks(ctx), snap.backup, None, progress)
-            _marker(ctx, name).unlink(missing_ok=True)
-            raise OperationError(
-                f"upgrade of {name} to {new_template} failed ({exc}); rolled back to "
-                f"{found.template} from backup {snap.backup}"
-            ) from None
+        # One lock from the re-render to the end of a rollback: no other command sees the
+        # instance half-upgraded.
+        with busy(ctx, name):
+            current = record(ctx, name)
+            if current.template != found.template or pending(ctx, name):
+                raise OperationError(f"{name} changed during its backup; run the upgrade again")
+            try:
+                warnings = _apply(ctx, name, new_template, new_files, snap.backup, progress)
+            except ManagerError as exc:
+                if not pending(ctx, name):  # failed before anything changed
+                    raise OperationError(
+                        f"upgrade of {name} failed ({exc}); nothing changed"
+                    ) from None
+                progress(
+                    f"{name} did not come up on {new_template}: restoring backup {snap.backup}"
+                )
+                try:
+                    _rollback_locked(ctx, name, snap.backup, progress)
+                except ManagerError as again:
+                    raise OperationError(
+                        f"upgrade of {name} to {new_template} failed ({exc}) and so did its "
+                        f"rollback ({again}); `start {name}` or `upgrade {name} --rollback` "
+                        "tries again"
+                    ) from None
+                raise OperationError(
+                    f"upgrade of {name} to {new_template} failed ({exc}); rolled back to "
+                    f"{found.template} from backup {snap.backup}"
+                ) from None
     return UpgradeResult(name, False, diff, snap.backup, False, warnings)
 
 
 def _apply(ctx, name, new_template, new_files, backup_id, progress) -> list[str]:
+    """Re-render, recreate, wait for health, publish; the caller holds the instance's lock."""
     from controller.ops.lifecycle import own_project, wait_healthy
     from controller.ports import allocate
     from controller.render import render_instance
     from controller.templatefiles import needed_ports
 
-    with busy(ctx, name):
-        with ctx.store.transaction() as state:
-            found = state.instances[name]
-            needed = needed_ports(new_files, found.overlays)
-            kept = {k: p for k, p in found.ports.items() if k in needed}
-            missing = [k for k in needed if k not in kept]
-            fresh = (
-                allocate(missing, {}, state.used_ports(), ctx.settings.port_range)
-                if missing
-                else {}
-            )
-            # Killed from here on: the marker makes the next upgrade ask for --rollback.
-            _marker(ctx, name).parent.mkdir(mode=0o700, exist_ok=True)
-            _marker(ctx, name).write_text(backup_id + "\n")
-            found.previous_template = found.template
-            found.upgrade_backup = backup_id
-            found.template = new_template
-            found.ports = {**kept, **fresh}
-            updated = attrs.evolve(found)
-        progress(f"rendering {name} from template {new_template}")
-        render_instance(ctx.settings, updated, new_files)
-        own_project(ctx, name)
-        project = compose(ctx, name)
-        # Services the new template dropped would stay as orphans: compose removes them.
-        project._run("up", project._docker.compose.up, detach=True, quiet=True, remove_orphans=True)
-        wait_healthy(ctx, name, progress)
-        warnings = publish.publish(ctx, updated)
+    with ctx.store.transaction() as state:
+        found = state.instances[name]
+        needed = needed_ports(new_files, found.overlays)
+        kept = {k: p for k, p in found.ports.items() if k in needed}
+        missing = [k for k in needed if k not in kept]
+        fresh = (
+            allocate(missing, {}, state.used_ports(), ctx.settings.port_range) if missing else {}
+        )
+        # Killed from here on: the marker makes the next start, upgrade or --rollback restore
+        # the backup (recover below).
+        _write_marker(ctx, name, {"backup": backup_id, "from": found.template, "to": new_template})
+        found.previous_template = found.template
+        found.upgrade_backup = backup_id
+        found.template = new_template
+        found.ports = {**kept, **fresh}
+        updated = attrs.evolve(found)
+    progress(f"rendering {name} from template {new_template}")
+    render_instance(ctx.settings, updated, new_files)
+    own_project(ctx, name)
+    project = compose(ctx, name)
+    # Services the new template dropped would stay as orphans: compose removes them.
+    project._run("up", project._docker.compose.up, detach=True, quiet=True, remove_orphans=True)
+    wait_healthy(ctx, name, progress)
+    warnings = publish.publish(ctx, updated)
+    _marker(ctx, name).unlink(missing_ok=True)
+    return warnings
+
+
+def _rollback_locked(ctx: Context, name: str, backup_id: str, progress: Progress):
+    """Restore ``backup_id`` in place (the caller holds the lock), then drop the marker."""
+    from controller.ops import restore
+
+    result = restore.restore_locked(ctx.settings, ctx.store, name, _hooks(ctx), backup_id, progress)
+    _marker(ctx, name).unlink(missing_ok=True)
+    return result
+
+
+def recover(ctx: Context, name: str, progress: Progress = quiet) -> str | None:
+    """Put back an upgrade of ``name`` that was killed (the caller holds its lock), exactly as
+    `upgrade NAME --rollback` does: the backup taken before it is restored. 'rolled back', or
+    None when no upgrade was interrupted. A killed restore (the rollback's own) goes first."""
+    from controller.ops import restore
+
+    marker = _read_marker(ctx, name)
+    if marker is None:
+        return None
+    restore.recover(ctx.settings, ctx.store, name, _hooks(ctx), progress)
+    found = ctx.store.read().instances.get(name)
+    backup_id = marker.get("backup") or (found.upgrade_backup if found else None)
+    if found is None or not backup_id:
         _marker(ctx, name).unlink(missing_ok=True)
-        return warnings
+        return None
+    if found.template == marker.get("from") and found.upgrade_backup != backup_id:
+        # The record never took the new template, or the rollback's restore had finished.
+        _marker(ctx, name).unlink(missing_ok=True)
+        progress(f"the interrupted upgrade of {name} had not changed it: nothing to put back")
+        return "rolled back"
+    target = marker.get("to", found.template)
+    progress(
+        f"an upgrade of {name} to {target} was interrupted: restoring backup {backup_id}, "
+        "taken before it"
+    )
+    _rollback_locked(ctx, name, backup_id, progress)
+    return "rolled back"
+
+
+def _unfinished_elsewhere(ctx: Context, name: str) -> bool:
+    from controller.ops import rotate
+
+    restoring = ctx.settings.root / "restore" / f"{name}.json"
+    return restoring.is_file() or rotate.pending(ctx, name)
+
+
+def converge(ctx: Context, name: str, progress: Progress = quiet) -> str | None:
+    """Finish or undo whatever a killed restore, upgrade or rotation of ``name`` left (the caller
+    holds its lock), in that order: a restore may be an upgrade's rollback, which the upgrade's
+    marker then completes. What was done, or None. `upgrade` runs it first; `start` does the
+    same through the facade (Manager._recover_pending)."""
+    from controller.ops import restore, rotate
+
+    restored = restore.recover(ctx.settings, ctx.store, name, _hooks(ctx), progress)
+    undone = recover(ctx, name, progress)
+    side = rotate.recover(ctx, name, progress)
+    return restored or undone or side
 
 
 def rollback(ctx: Context, name: str, progress: Progress = quiet) -> UpgradeResult:
-    """Restore the backup taken before the last upgrade."""
-    from controller.ops import restore
-
-    found = record(ctx, name)
-    if not found.upgrade_backup:
-        raise UsageError(f"{name} has no upgrade to roll back")
+    """Restore the backup taken before the last upgrade (or the interrupted one)."""
+    record(ctx, name)
     check_writable(ctx)
-    with audited(ctx, "upgrade --rollback", name):
-        backup_id = found.upgrade_backup
+    with audited(ctx, "upgrade --rollback", name), busy(ctx, name):
+        found = record(ctx, name)
+        backup_id = (_read_marker(ctx, name) or {}).get("backup") or found.upgrade_backup
+        if not backup_id:
+            raise UsageError(f"{name} has no upgrade to roll back")
         progress(f"restoring {name} from backup {backup_id}, taken before its upgrade")
-        result = restore.restore(
-            ctx.settings, ctx.store, name, _hooks(ctx), backup_id, None, progress
-        )
-        _marker(ctx, name).unlink(missing_ok=True)
+        result = _rollback_locked(ctx, name, backup_id, progress)
     return UpgradeResult(name, False, None, backup_id, True, list(result.warnings))

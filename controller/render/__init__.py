@@ -85,10 +85,12 @@ def render_instance(
     template: TemplateFiles,
     extra_compose_sources: Sequence[Path] = (),
     initial: Mapping[str, str] | None = None,
+    bind: str | None = None,
 ) -> Path:
     """Write (or bring up to date) the instance folder for ``record``; returns the folder.
 
     ``initial``: secrets a first render uses instead of generating them (see build_env).
+    ``bind``: the address its ports publish on (None: that of the record's host).
     """
     name = validate_name(record.name)
     overlays = list(record.overlays)
@@ -143,13 +145,26 @@ def render_instance(
         )
         tree.write(ENV_FILE, env.render().encode(), 0o600)
 
-        override = build_override(record, template, everything, owner)
+        if bind is None:
+            bind = _bind_of(settings, record)
+        override = build_override(record, template, everything, owner, bind)
         header = (
             f"# Written by supabase-manager for instance {name}; rewritten on every render.\n"
             "# Own container names (upstream names stay network aliases), ports on 127.0.0.1.\n"
         )
         tree.write(OVERRIDE_FILE, (header + dump_yaml(override)).encode(), 0o644)
     return folder
+
+
+def _bind_of(settings: Settings, record: InstanceRecord) -> str:
+    """The address of the record's host that its ports publish on (127.0.0.1 here)."""
+    from controller.hosts import LOOPBACK, place
+    from controller.state import LOCAL_HOST, StateStore
+
+    if record.host == LOCAL_HOST:
+        return LOOPBACK
+    state = StateStore(settings.state_path, settings.lock_path).read()
+    return place(settings, state, record.host).bind
 
 
 def demo_values(template: TemplateFiles) -> dict[str, str]:

@@ -11,11 +11,15 @@ from controller.render.names import container_names
 from controller.state import InstanceRecord
 from controller.templatefiles import TemplateFiles, needed_ports
 
+LOOPBACK = "127.0.0.1"
+
 
 def _port_specs(
-    record: InstanceRecord, template: TemplateFiles, everything: Project
+    record: InstanceRecord, template: TemplateFiles, everything: Project, bind: str = LOOPBACK
 ) -> dict[str, list[str]]:
-    """Per service, its published ports as ``127.0.0.1:HOST:CONTAINER/PROTOCOL``."""
+    """Per service, its published ports as ``BIND:HOST:CONTAINER/PROTOCOL`` (BIND: 127.0.0.1,
+    or for an instance on another host that host's private address)."""
+    address = f"[{bind}]" if ":" in bind else bind
     needed = needed_ports(template, record.overlays)
     protocols = {
         f"{name}:{port.target}": port.protocol
@@ -27,7 +31,7 @@ def _port_specs(
         service, _, container = key.partition(":")
         host = record.ports[key]
         specs.setdefault(service, []).append(
-            f"127.0.0.1:{host}:{container}/{protocols.get(key, 'tcp')}"
+            f"{address}:{host}:{container}/{protocols.get(key, 'tcp')}"
         )
     # Ports only an extra compose file publishes: kept, but on 127.0.0.1 (an empty host side
     # lets the engine choose one).
@@ -36,21 +40,25 @@ def _port_specs(
             if f"{name}:{port.target}" in needed:
                 continue
             host = "" if port.published is None else str(port.published)
-            spec = f"127.0.0.1:{host}:{port.target}/{port.protocol}"
+            spec = f"{address}:{host}:{port.target}/{port.protocol}"
             if spec not in specs.setdefault(name, []):
                 specs[name].append(spec)
     return specs
 
 
 def build_override(
-    record: InstanceRecord, template: TemplateFiles, everything: Project, root_id: str
+    record: InstanceRecord,
+    template: TemplateFiles,
+    everything: Project,
+    root_id: str,
+    bind: str = LOOPBACK,
 ) -> dict:
     """The override document; ``everything`` is the merged project of the template's files,
-    the instance's overlays and its extra compose files."""
+    the instance's overlays and its extra compose files; ``bind`` the address ports publish on."""
     name = record.name
     cpus = check_cpus(record.cpus)
     memory = check_memory(record.memory)
-    ports = _port_specs(record, template, everything)
+    ports = _port_specs(record, template, everything, bind)
     names = container_names(
         name, {service: body.container_name for service, body in everything.services.items()}
     )
@@ -73,7 +81,7 @@ def build_override(
             if service in ports:
                 entry["ports"] = Override(ports[service])
         labels = dict(owner)
-        host_ports = [spec.split(":")[1] for spec in ports.get(service, [])]
+        host_ports = [spec.rsplit(":", 2)[1] for spec in ports.get(service, [])]
         if any(host_ports) and body.network_mode is None:
             labels[PORTS_LABEL] = ",".join(p for p in host_ports if p)
         entry["labels"] = labels

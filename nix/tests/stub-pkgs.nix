@@ -57,6 +57,7 @@ let
 
     coreutils = drv "coreutils" { };
     restic = drv "restic" { meta.mainProgram = "restic"; };
+    openssh = drv "openssh" { meta.mainProgram = "ssh"; };
     systemd = drv "systemd" { };
     docker-client = drv "docker-client" { meta.mainProgram = "docker"; };
     pytestCheckHook = drv "pytest-check-hook" { };
