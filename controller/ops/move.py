@@ -161,6 +161,12 @@ def move(ctx: Context, name: str, to: str, progress: Progress = quiet) -> MoveRe
     with audited(ctx, f"move --to {to}", name), busy(ctx, name):
         recovered = recover(ctx, name, progress)
         found = record(ctx, name)
+        if found.move is not None:
+            # A draft an earlier move left is still there: forgetting it could leave two copies.
+            raise OperationError(
+                f"the copy of {name} an earlier move left on {found.move.target} cannot be "
+                f"removed yet ({found.move.target} does not answer): try again once it does"
+            )
         if found.host == to:
             return MoveResult(name, found.host, to, "", dict(found.ports), 0.0, recovered, [])
         require_ready(found)
