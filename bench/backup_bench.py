@@ -25,20 +25,16 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from cliroot import BenchRoot, caddy_for, load_line
 
-from tests.world.caddy import CaddyProcess  # noqa: E402
-from tests.world.dockerworld import DockerSandbox, connect  # noqa: E402
-from tests.world.standin import write_standin_overlay  # noqa: E402
-from tests.world.templates import fixtures_dir  # noqa: E402
+from tests.world.dockerworld import DockerSandbox, connect
+from tests.world.standin import write_standin_overlay
+from tests.world.templates import fixtures_dir
 
-CLI = [sys.executable, "-m", "shell"]
 NAME = "bench"
 TEMPLATE = "v0.8.2"
 ROW_BYTES = 960  # repeat(md5(...), 30)
@@ -62,40 +58,20 @@ def main() -> None:
     args = parser.parse_args()
     db_mb, files_mb = (1024, 200) if args.full else (args.db_mb, args.files_mb)
 
+    print(load_line())
     with tempfile.TemporaryDirectory(prefix="sbm-backup-bench-") as tmp:
         base = Path(tmp)
         root = base / "root"
-        env = dict(os.environ)
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
         root.mkdir()
-        caddy = CaddyProcess(root, base / "caddy-run")  # routes are pushed to a real Caddy
-        env.update(
-            SUPABASE_MANAGER_ROOT=str(root),
-            SUPABASE_MANAGER_DOMAIN="sbm.test",
-            SUPABASE_MANAGER_SCHEME="http",
-            SUPABASE_MANAGER_PUBLIC_PORT=str(caddy.http_port),
-            SUPABASE_MANAGER_CADDY_ADMIN=caddy.admin_url,
-            SUPABASE_MANAGER_PORT_RANGE="40000-49999",
-            SUPABASE_MANAGER_WAIT_TIMEOUT="300",
-        )
-
-        def cli(*words: str) -> str:
-            proc = subprocess.run([*CLI, *words], env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise SystemExit(f"{' '.join(words)} failed: {proc.stderr.strip()}")
-            return proc.stdout
-
         # The machine-wide lock of the test world: a test session starting meanwhile would
-        # otherwise remove this bench's containers as its own leftovers.
-        with DockerSandbox(connect()).session():
-            caddy.start()
-            try:
-                run_bench(base, root, env, cli, db_mb, files_mb)
-            finally:
-                caddy.stop()
+        # otherwise remove this bench's containers as its own leftovers. Routes are pushed to
+        # a real Caddy.
+        with DockerSandbox(connect()).session(), caddy_for(root, base / "caddy-run") as caddy:
+            run_bench(base, BenchRoot(root, caddy), db_mb, files_mb)
 
 
-def run_bench(base: Path, root: Path, env: dict, cli, db_mb: int, files_mb: int) -> None:
+def run_bench(base: Path, bench: BenchRoot, db_mb: int, files_mb: int) -> None:
+    root, cli = bench.root, bench.cli
     cli("template", "import", str(fixtures_dir() / TEMPLATE), "--name", TEMPLATE)
     overlay = write_standin_overlay(
         [root / "templates" / TEMPLATE / "docker-compose.yml"], base / "standin.yml"

@@ -16,7 +16,6 @@ Target: within 0.5 s. Needs the provisioned test world (scripts/provision).
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
 import subprocess
@@ -25,13 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from cliroot import CLI, caddy_for, environment, load_line
 
-from tests.world.caddy import CaddyProcess  # noqa: E402
-from tests.world.templates import fixtures_dir  # noqa: E402
+from tests.world.templates import fixtures_dir
 
-CLI = [sys.executable, "-m", "shell"]
 TARGET = 0.5
 
 
@@ -44,21 +40,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sbm-create-bench-") as tmp:
         root = Path(tmp) / "root"
         root.mkdir()
-        caddy = CaddyProcess(root, Path(tmp) / "caddy")
-        caddy.start()
-        try:
-            env = dict(os.environ)
-            env.pop("PYTHONDONTWRITEBYTECODE", None)  # as an installed package runs
-            env.update(
-                SUPABASE_MANAGER_ROOT=str(root),
-                SUPABASE_MANAGER_DOMAIN="bench.test",
-                SUPABASE_MANAGER_SCHEME="http",
-                SUPABASE_MANAGER_PUBLIC_PORT=str(caddy.http_port),
-                SUPABASE_MANAGER_CADDY_ADMIN=caddy.admin_url,
-                SUPABASE_MANAGER_PORT_RANGE="40000-49999",
-                NO_COLOR="1",
-            )
-
+        with caddy_for(root, Path(tmp) / "caddy") as caddy:
+            env = environment(root, caddy)
             cpu: list[float] = []
 
             def run(*cmd: str) -> float:
@@ -82,12 +65,9 @@ def main() -> None:
                 create_cpu.append(cpu[-1])
             routes = [r.get("@id", "") for r in caddy.routes()]
             published = sum(1 for i in range(args.runs) if any(f"bench{i}" in r for r in routes))
-        finally:
-            caddy.stop()
 
     med = statistics.median(creates)
-    load = os.getloadavg()
-    print(f"{os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
+    print(load_line())
     print(f"create NAME --no-start, Caddy reachable ({args.runs} runs, template {args.template})")
     print(f"  python -c pass                 {statistics.median(floor) * 1000:8.0f} ms")
     print(

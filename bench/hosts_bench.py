@@ -5,13 +5,15 @@ Two data roots, measured in the same run, fresh processes interleaved run by run
 - two hosts: 5 instances on the local engine and 5 on a second engine behind sshd (the test
   world's worker, tests/world/worker.py, added with `host add`).
 Each instance is a record in state.json with INSTANCE_CONTAINERS running stand-in containers
-labelled as its own (what `list` reads: the labels, not how they were made; `create --host` was
-not finished when this was written). Figures, each beside the one-host baseline:
+labelled as its own (what `list` reads: the labels, not how they were made; a real `create
+--host` would only make the bench slower to set up). Figures, each beside the one-host baseline:
 1. `list --json --no-stats`: the status listing only. Target: within 1.5x (hosts asked side by
    side, not one after the other).
-2. `list --json`: with CPU and memory (cgroup files here, the engine's stats over ssh there).
+2. `list --json`: with CPU and memory (cgroup files here; there the worker's cgroup files, read
+   by one script in one ssh session).
 The ssh master of the worker (ControlPersist) is warm after the first run, as for a user who
-runs commands in a row; the first run's time is printed too.
+runs commands in a row, and so is the forward of the worker's Docker socket through it
+(controller/ssh.py ``Forward``); the first run's time, which opens both, is printed too.
 
 Needs the provisioned test world (Docker, the stand-in images, openssh-server); takes the test
 world's Docker lock; everything it makes is removed.
@@ -22,30 +24,24 @@ world's Docker lock; everything it makes is removed.
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from cliroot import BenchRoot, load_line, side_by_side, timed_run
 
-from controller.labels import INSTANCE_LABEL, ROOT_LABEL  # noqa: E402
-from controller.ownership import root_id  # noqa: E402
-from controller.state import READY, InstanceRecord, StateStore  # noqa: E402
-from tests.world.dockerworld import LOCK_FILE, DockerSandbox, _exclusive, connect  # noqa: E402
-from tests.world.worker import running_worker  # noqa: E402
+from controller.labels import INSTANCE_LABEL, ROOT_LABEL
+from controller.ownership import root_id
+from controller.state import READY, InstanceRecord, StateStore
+from tests.world.dockerworld import LOCK_FILE, DockerSandbox, _exclusive, connect
+from tests.world.worker import running_worker
 
-CLI = [sys.executable, "-m", "shell"]
 INSTANCES = 10
 INSTANCE_CONTAINERS = 3
 IMAGE = "sbm-standin/busybox:1"
 
 
-def make_root(root: Path, hosts: dict[str, str], clients: dict, env: dict) -> None:
+def make_root(root: Path, hosts: dict[str, str], clients: dict) -> None:
     """Records of ``hosts`` (instance -> host) in state, their containers on each host's engine."""
     store = StateStore(root / "state.json", root / ".state.lock")
     with store.transaction() as state:
@@ -69,21 +65,9 @@ def make_root(root: Path, hosts: dict[str, str], clients: dict, env: dict) -> No
             )
 
 
-def timed(cmd: list[str], env: dict) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    took = time.perf_counter() - start
-    if done.returncode != 0 or '"unreachable"' in done.stdout:
-        sys.exit(f"{' '.join(cmd[2:])} failed: {done.stderr.strip()}")
-    return took
-
-
-def side_by_side(commands: dict[str, tuple[list[str], dict]], runs: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {label: [] for label in commands}
-    for _ in range(runs):
-        for label, (cmd, env) in commands.items():
-            times[label].append(timed(cmd, env))
-    return {label: statistics.median(values) for label, values in times.items()}
+def answered(done: subprocess.CompletedProcess[str]) -> bool:
+    """Every host answered (an unreachable one would make the figure meaningless)."""
+    return '"unreachable"' not in done.stdout
 
 
 def line(label: str, seconds: float, note: str = "") -> None:
@@ -94,8 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=11)
     args = parser.parse_args()
-    load = os.getloadavg()
-    print(f"{os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
+    print(load_line())
     with tempfile.TemporaryDirectory(prefix="sbm-hosts-bench-") as tmp_name:
         tmp = Path(tmp_name)
         print("   starting the worker (a second engine behind sshd) ...", flush=True)
@@ -117,48 +100,28 @@ def main() -> None:
 
 
 def run(tmp: Path, worker, clients: dict, runs: int) -> None:
-    base = dict(os.environ)
-    base.pop("PYTHONDONTWRITEBYTECODE", None)  # bytecode caching, as an installed package
-    base.update(SUPABASE_MANAGER_CADDY_ADMIN="http://127.0.0.1:9", NO_COLOR="1")
-    one, two = tmp / "one", tmp / "two"
-    env_one = {**base, "SUPABASE_MANAGER_ROOT": str(one)}
-    env_two = {
-        **base,
-        "SUPABASE_MANAGER_ROOT": str(two),
-        "SUPABASE_MANAGER_SSH_IDENTITY_FILE": str(worker.identity_file),
-    }
+    # No Caddy: `list` does not ask it.
+    one = BenchRoot(tmp / "one")
+    two = BenchRoot(tmp / "two", SUPABASE_MANAGER_SSH_IDENTITY_FILE=str(worker.identity_file))
     names = [f"i{n:02d}" for n in range(INSTANCES)]
-    make_root(one, dict.fromkeys(names, "local"), clients, env_one)
-    subprocess.run(
-        [*CLI, "host", "add", "w2", worker.ssh_url, "--accept-new-key"],
-        env=env_two,
-        check=True,
-        capture_output=True,
-    )
+    make_root(one.root, dict.fromkeys(names, "local"), clients)
+    two.cli("host", "add", "w2", worker.ssh_url, "--accept-new-key")
     half = INSTANCES // 2
-    make_root(
-        two, {n: ("local" if i < half else "w2") for i, n in enumerate(names)}, clients, env_two
-    )
+    make_root(two.root, {n: ("local" if i < half else "w2") for i, n in enumerate(names)}, clients)
+    status_only = ("list", "--json", "--no-stats")
     try:
-        first = timed([*CLI, "list", "--json", "--no-stats"], env_two)  # opens the ssh master
-        timed([*CLI, "list", "--json", "--no-stats"], env_one)
+        first = timed_run(*two.command(*status_only), answered)  # opens the ssh master
+        timed_run(*one.command(*status_only), answered)
         status = side_by_side(
-            {
-                "one": ([*CLI, "list", "--json", "--no-stats"], env_one),
-                "two": ([*CLI, "list", "--json", "--no-stats"], env_two),
-            },
-            runs,
+            {"one": one.command(*status_only), "two": two.command(*status_only)}, runs, answered
         )
         stats = side_by_side(
-            {
-                "one": ([*CLI, "list", "--json"], env_one),
-                "two": ([*CLI, "list", "--json"], env_two),
-            },
+            {"one": one.command("list", "--json"), "two": two.command("list", "--json")},
             max(5, runs // 2),
+            answered,
         )
     finally:
-        config = two / "ssh" / "config"
-        if config.is_file():
+        for config in (two.root / "ssh").glob("config*"):  # the master, and its forward
             subprocess.run(["ssh", "-F", str(config), "-O", "exit", "sbm-w2"], capture_output=True)
     containers = INSTANCES * INSTANCE_CONTAINERS
     print(f"\n{INSTANCES} instances, {containers} running containers, {runs} runs each")

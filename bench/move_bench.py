@@ -22,21 +22,16 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from cliroot import BenchRoot, caddy_for, load_line
 
-from tests.world.caddy import CaddyProcess  # noqa: E402
-from tests.world.dockerworld import DockerSandbox, connect  # noqa: E402
-from tests.world.standin import write_standin_overlay  # noqa: E402
-from tests.world.templates import fixtures_dir  # noqa: E402
-from tests.world.worker import running_worker  # noqa: E402
+from tests.world.dockerworld import DockerSandbox, connect
+from tests.world.standin import write_standin_overlay
+from tests.world.templates import fixtures_dir
+from tests.world.worker import running_worker
 
-CLI = [sys.executable, "-m", "shell"]
 NAME = "mvbench"
 TEMPLATE = "v0.8.2"
 HOST = "w2"
@@ -51,47 +46,27 @@ def main() -> None:
     args = parser.parse_args()
     db_mb, files_mb = (900, 124) if args.full else (args.db_mb, args.files_mb)
 
+    print(load_line())
     # The worker's data folder must lie on the same path on both sides: a fresh temp folder.
     with tempfile.TemporaryDirectory(prefix="sbm-move-bench-", dir="/var/tmp") as tmp:
         base = Path(tmp)
+        root = base / "root"
+        root.mkdir()
         print("starting the second host (engine, sshd, images) ...", flush=True)
         # The machine-wide lock of the test world: a test session starting meanwhile would
         # otherwise remove this bench's containers as its own leftovers.
-        with running_worker(base, name=HOST) as worker, DockerSandbox(connect()).session():
-            (base / "root").mkdir()
-            caddy = CaddyProcess(base / "root", base / "caddy-run")
-            caddy.start()
-            try:
-                run_bench(base, worker, caddy, db_mb, files_mb)
-            finally:
-                caddy.stop()
+        with (
+            running_worker(base, name=HOST) as worker,
+            DockerSandbox(connect()).session(),
+            caddy_for(root, base / "caddy-run") as caddy,
+        ):
+            identity = str(worker.identity_file)
+            bench = BenchRoot(root, caddy, SUPABASE_MANAGER_SSH_IDENTITY_FILE=identity)
+            run_bench(base, worker, bench, db_mb, files_mb)
 
 
-def run_bench(base: Path, worker, caddy, db_mb: int, files_mb: int) -> None:
-    root = base / "root"
-    env = dict(os.environ)
-    env.update(
-        SUPABASE_MANAGER_ROOT=str(root),
-        SUPABASE_MANAGER_DOMAIN="sbm.test",
-        SUPABASE_MANAGER_SCHEME="http",
-        SUPABASE_MANAGER_PUBLIC_PORT=str(caddy.http_port),
-        SUPABASE_MANAGER_CADDY_ADMIN=caddy.admin_url,
-        SUPABASE_MANAGER_PORT_RANGE="40000-49999",
-        SUPABASE_MANAGER_WAIT_TIMEOUT="300",
-        SUPABASE_MANAGER_SSH_IDENTITY_FILE=str(worker.identity_file),
-    )
-
-    def cli(*words: str) -> str:
-        proc = subprocess.run([*CLI, *words], env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(words)} failed: {proc.stderr.strip()}")
-        return proc.stdout
-
-    def timed(*words: str) -> float:
-        start = time.perf_counter()
-        cli(*words)
-        return time.perf_counter() - start
-
+def run_bench(base: Path, worker, bench: BenchRoot, db_mb: int, files_mb: int) -> None:
+    root, cli, timed = bench.root, bench.cli, bench.timed
     cli("template", "import", str(fixtures_dir() / TEMPLATE), "--name", TEMPLATE)
     overlay = write_standin_overlay(
         [root / "templates" / TEMPLATE / "docker-compose.yml"], base / "standin.yml"

@@ -24,65 +24,28 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
+from cliroot import CLI, BenchRoot, load_line, side_by_side
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from controller.state import StateStore  # noqa: E402
-from tests.world.dockerworld import LOCK_FILE, _exclusive  # noqa: E402
-from tests.world.standin import write_standin_overlay  # noqa: E402
-from tests.world.templates import fixtures_dir  # noqa: E402
+from controller.state import StateStore
+from tests.world.dockerworld import LOCK_FILE, _exclusive
+from tests.world.standin import write_standin_overlay
+from tests.world.templates import fixtures_dir
 
 TEMPLATE = "v0.8.2"
-CLI = [sys.executable, "-m", "shell"]
 PASS = [sys.executable, "-c", "pass"]
 
 
-class Bench:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.env = dict(os.environ)
-        self.env.pop("PYTHONDONTWRITEBYTECODE", None)  # as an installed package runs
-        self.env.update(
-            SUPABASE_MANAGER_ROOT=str(root),
-            SUPABASE_MANAGER_CADDY_ADMIN="http://127.0.0.1:9",  # no Caddy: routes stay pending
-            SUPABASE_MANAGER_PORT_RANGE="40000-49999",
-            SUPABASE_MANAGER_WAIT_TIMEOUT="300",
-        )
-
-    def cli(self, *args: str) -> str:
-        done = subprocess.run([*CLI, *args], env=self.env, capture_output=True, text=True)
-        # No Caddy here: create says so (exit 1) once the instance is made; its routes wait.
-        pending = (
-            args[0] == "create" and "was created" in done.stderr and "but Caddy" in done.stderr
-        )
-        if done.returncode != 0 and not pending:
-            sys.exit(f"supabase-manager {' '.join(args)} failed: {done.stderr.strip()}")
-        return done.stdout
-
-    def timed(self, cmd: list[str]) -> float:
-        start = time.perf_counter()
-        subprocess.run(cmd, env=self.env, check=True, capture_output=True)
-        return time.perf_counter() - start
-
-    def side_by_side(self, commands: dict[str, list[str]], runs: int) -> dict[str, float]:
-        """Median wall time per command, the commands interleaved run by run."""
-        times: dict[str, list[float]] = {label: [] for label in commands}
-        for _ in range(runs):
-            for label, cmd in commands.items():
-                times[label].append(self.timed(cmd))
-        return {label: statistics.median(values) for label, values in times.items()}
+def medians(bench: BenchRoot, commands: dict[str, list[str]], runs: int) -> dict[str, float]:
+    """Median wall time per command, all with the bench root's environment, interleaved."""
+    return side_by_side({label: (cmd, bench.env) for label, cmd in commands.items()}, runs)
 
 
 def line(label: str, seconds: float, note: str = "") -> None:
@@ -93,11 +56,12 @@ def verdict(ok: bool) -> str:
     return "target met" if ok else "target NOT met"
 
 
-def fresh_list(bench: Bench, runs: int) -> None:
+def fresh_list(bench: BenchRoot, runs: int) -> None:
     for i in range(5):
         bench.cli("create", f"fresh{i}", "--no-start")
     bench.cli("list", "--json")  # the disk cache and .pyc files, as after any first run
-    med = bench.side_by_side(
+    med = medians(
+        bench,
         {
             "pass": PASS,
             "compose": ["docker", "compose", "ls"],
@@ -113,7 +77,7 @@ def fresh_list(bench: Bench, runs: int) -> None:
     print(f"  {'ratio list / compose ls':<38} {ratio:8.2f} x   (<= 1.5 x: {verdict(ratio <= 1.5)})")
 
 
-def many_instances(bench: Bench, count: int, runs: int) -> None:
+def many_instances(bench: BenchRoot, count: int, runs: int) -> None:
     bench.cli("create", "many000", "--no-start")
     source = bench.root / "instances" / "many000"
     names = [f"many{i:03d}" for i in range(1, count)]
@@ -124,9 +88,9 @@ def many_instances(bench: Bench, count: int, runs: int) -> None:
         model = state.instances["many000"]
         for name in names:
             state.instances[name] = attrs.evolve(model, name=name)
-    first = bench.timed([*CLI, "list", "--json"])  # measures every new folder once
+    first = bench.timed("list", "--json")  # measures every new folder once
     listed = len(json.loads(bench.cli("list", "--json")))
-    med = bench.side_by_side({"pass": PASS, "list": [*CLI, "list", "--json"]}, runs)
+    med = medians(bench, {"pass": PASS, "list": [*CLI, "list", "--json"]}, runs)
     print(f"\n2. `list --json` of {listed} instances, Docker queried ({runs} runs)")
     line("python -c pass", med["pass"])
     line("first list (every folder measured once)", first)
@@ -140,7 +104,7 @@ def docker_turn() -> Iterator[None]:
         yield
 
 
-def running_instances(bench: Bench, tmp: Path, runs: int) -> None:
+def running_instances(bench: BenchRoot, tmp: Path, runs: int) -> None:
     overlay = write_standin_overlay(
         [bench.root / "templates" / TEMPLATE / "docker-compose.yml"], tmp / "standin.yml"
     )
@@ -165,7 +129,8 @@ def running_instances(bench: Bench, tmp: Path, runs: int) -> None:
                     text=True,
                 ).stdout.split()
             bench.cli("list", "--json")  # the disk cache, as after any first run
-            med = bench.side_by_side(
+            med = medians(
+                bench,
                 {
                     "list": [*CLI, "list", "--json"],
                     "stats": ["docker", "stats", "--no-stream", *ids],
@@ -191,20 +156,19 @@ def main() -> None:
     parser.add_argument("--many", type=int, default=500, help="instances in section 2")
     args = parser.parse_args()
     sections = set(args.only.split(","))
-    load = os.getloadavg()
-    print(f"{os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
+    print(load_line())
     with tempfile.TemporaryDirectory(prefix="sbm-status-bench-") as tmp_name:
         tmp = Path(tmp_name)
         if "1" in sections:
-            bench = Bench(tmp / "root1")
+            bench = BenchRoot(tmp / "root1")
             bench.cli("template", "import", str(fixtures_dir() / TEMPLATE), "--name", TEMPLATE)
             fresh_list(bench, args.runs)
         if "2" in sections:
-            bench = Bench(tmp / "root2")
+            bench = BenchRoot(tmp / "root2")
             bench.cli("template", "import", str(fixtures_dir() / TEMPLATE), "--name", TEMPLATE)
             many_instances(bench, args.many, max(5, args.runs // 3))
         if "3" in sections:
-            bench = Bench(tmp / "root3")
+            bench = BenchRoot(tmp / "root3")
             bench.cli("template", "import", str(fixtures_dir() / TEMPLATE), "--name", TEMPLATE)
             running_instances(bench, tmp, max(5, args.runs // 3))
 

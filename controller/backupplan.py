@@ -257,6 +257,14 @@ class Manifest:
     def pgdata_mount(self) -> DataMount | None:
         return DataMount(**self.pgdata) if self.pgdata else None
 
+    def host(self) -> str:
+        """The host the instance ran on when it was backed up: its record names it since
+        state schema 2; a manifest written before says nothing, which means this machine."""
+        from controller.state import LOCAL_HOST
+
+        host = self.record.get("host") if isinstance(self.record, dict) else None
+        return host if isinstance(host, str) and host else LOCAL_HOST
+
 
 def stdin_name(instance: str, part: str) -> str:
     """The path restic records for a stdin part (``dump`` reads it back by that path)."""

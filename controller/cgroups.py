@@ -1,4 +1,5 @@
-"""CPU and memory of local containers read straight from their cgroup files (no Docker call).
+"""CPU and memory of containers read straight from their cgroup files (no Docker call): a local
+engine's here, another host's there by one shell script over ssh (``sample_remote``).
 
 A container's cgroup is found by its full id under the layouts Docker uses (cgroupfs driver:
 ``docker/<id>``; systemd driver: ``system.slice/docker-<id>.scope``), or else from
@@ -13,11 +14,19 @@ Memory is usage minus inactive page cache, as `docker stats` shows it.
 
 from __future__ import annotations
 
+import re
+import shlex
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
+
+from controller.errors import OperationError
+
+if TYPE_CHECKING:
+    from controller.engine import EngineAddress
 
 ROOT = Path("/sys/fs/cgroup")
 PROC = Path("/proc")
@@ -185,3 +194,192 @@ def _stat_value(text: str, key: str) -> int | None:
         if name == key:
             return int(value)
     return None
+
+
+# --- another host's containers: the same files, read there by one shell script over ssh --------
+
+# Full or short container ids only: they are written into the script.
+_ID = re.compile(r"[0-9a-f]{12,64}")
+# The script reads nothing but cgroup files (POSIX sh builtins, `date` and `sleep`): it finds
+# each container's folder under Docker's usual layouts (cgroupfs or systemd driver, with or
+# without a cgroup parent one or two levels deep), reads every CPU counter, sleeps, reads them
+# again (with the clock of each pass: `date +%s%N`, and /proc/uptime with its 10 ms for a `date`
+# without %N, e.g. busybox's), then the memory figures, and prints one line per figure (`s 1`
+# when it had to fall back to a whole-second `sleep`). Containers it cannot find are left out
+# (the caller asks the engine's stats then).
+_SCRIPT = r"""R=__ROOT__
+if [ -f "$R/cgroup.controllers" ]; then V=2; CR=$R; MR=$R
+else V=1; CR=$R/cpuacct; [ -d "$CR" ] || CR="$R/cpu,cpuacct"; MR=$R/memory; fi
+echo "v $V"
+locate() {
+  for D in "$1/docker/$2" "$1/system.slice/docker-$2.scope" "$1"/*/"$2" \
+      "$1"/*/"docker-$2.scope" "$1"/*/*/"$2" "$1"/*/*/"docker-$2.scope"; do
+    [ -d "$D" ] && return 0
+  done
+  return 1
+}
+L=""
+for id in __IDS__; do
+  locate "$CR" "$id" || continue; c=$D
+  if [ "$V" = 2 ]; then m=$c; else locate "$MR" "$id" || continue; m=$D; fi
+  L="$L$id $c $m
+"
+done
+cpu() {
+  N=""
+  if [ "$V" = 1 ]; then { read -r N < "$1/cpuacct.usage"; } 2>/dev/null; return; fi
+  { while read -r k v; do
+      if [ "$k" = usage_usec ]; then N=${v}000; break; fi
+    done < "$1/cpu.stat"; } 2>/dev/null
+}
+pass() {
+  T=$(date +%s%N 2>/dev/null)
+  case "$T" in *[!0-9]*) T="" ;; esac
+  [ ${#T} -ge 19 ] && echo "t$1 $T"
+  { read -r T _ < /proc/uptime && echo "u$1 $T"; } 2>/dev/null
+  while read -r id c m; do
+    [ -n "$id" ] || continue
+    cpu "$c"; [ -n "$N" ] && echo "c$1 $id $N"
+  done <<SBM
+$L
+SBM
+}
+pass 1
+if [ __INTERVAL__ != 0 ]; then
+  sleep __INTERVAL__ 2>/dev/null || { sleep 1; echo "s 1"; }
+  pass 2
+fi
+while read -r id c m; do
+  [ -n "$id" ] || continue
+  U=""; I=""; T=""
+  if [ "$V" = 1 ]; then f=memory.usage_in_bytes; else f=memory.current; fi
+  { read -r U < "$m/$f"; } 2>/dev/null
+  { while read -r k v; do
+      case "$k" in total_inactive_file) T=$v ;; inactive_file) I=$v ;; esac
+    done < "$m/memory.stat"; } 2>/dev/null
+  if [ "$V" = 1 ] && [ -n "$T" ]; then I=$T; fi
+  [ -n "$U" ] && [ -n "$I" ] && echo "m $id $U $I"
+done <<SBM
+$L
+SBM
+"""
+# How long the script may take over ssh (the session, the interval, the reads).
+REMOTE_TIMEOUT = 5.0
+
+
+def remote_script(ids: Iterable[str], interval: float | None, root: str = str(ROOT)) -> str:
+    """The script reading ``ids``' counters twice ``interval`` seconds apart (None: once)."""
+    wanted = [cid for cid in ids if _ID.fullmatch(cid)]
+    text = _SCRIPT.replace("__ROOT__", shlex.quote(root)).replace("__IDS__", " ".join(wanted))
+    return text.replace("__INTERVAL__", "0" if not interval else f"{interval:.3f}")
+
+
+@attrs.frozen
+class RemoteFigures:
+    """What the script printed: CPU counters (ns) with the clocks of each pass, memory."""
+
+    first: dict[str, int]
+    second: dict[str, int]
+    walls: tuple[int | None, int | None]  # ns, per pass (None: the clock was not readable)
+    memory: dict[str, int]
+    # ns since boot from /proc/uptime (10 ms steps), per pass: the clock without `date +%N`.
+    uptimes: tuple[int | None, int | None] = (None, None)
+    slept: float | None = None  # the pause the script fell back to (`sleep 1`), if it did
+
+    def window(self, interval: float) -> int:
+        """The ns between the two passes: the wall clock, else the uptime, else the pause."""
+        for a, b in (self.walls, self.uptimes):
+            if a is not None and b is not None and b > a:
+                return b - a
+        return int((self.slept or interval) * 1e9)
+
+    def readings(self, interval: float) -> dict[str, Reading]:
+        """CPU percent and memory of each container with both passes and memory."""
+        wall = self.window(interval)
+        out = {}
+        for cid, after in self.second.items():
+            if cid in self.first and cid in self.memory:
+                percent = cpu_percent(_Mark(self.first[cid], 0), _Mark(after, wall))
+                out[cid] = Reading(percent, self.memory[cid])
+        return out
+
+    def counters(self) -> dict[str, tuple[float, int]]:
+        """CPU seconds used so far and memory in use, from the first pass."""
+        return {
+            cid: (cpu_ns / 1e9, self.memory[cid])
+            for cid, cpu_ns in self.first.items()
+            if cid in self.memory
+        }
+
+
+def parse_remote(text: str) -> RemoteFigures:
+    first: dict[str, int] = {}
+    second: dict[str, int] = {}
+    walls: list[int | None] = [None, None]
+    uptimes: list[int | None] = [None, None]
+    slept = None
+    memory: dict[str, int] = {}
+    for line in text.splitlines():
+        words = line.split()
+        try:
+            if len(words) == 2 and words[0] in ("t1", "t2"):
+                ns = int(words[1])
+                if ns >= 10**18:  # not seconds from a `date` that dropped %N
+                    walls[int(words[0][1]) - 1] = ns
+            elif len(words) == 2 and words[0] in ("u1", "u2"):
+                seconds, _, hundredths = words[1].partition(".")
+                uptimes[int(words[0][1]) - 1] = int(seconds) * 10**9 + int(
+                    (hundredths + "000000000")[:9]
+                )
+            elif words == ["s", "1"]:
+                slept = 1.0
+            elif len(words) == 3 and words[0] in ("c1", "c2"):
+                (first if words[0] == "c1" else second)[words[1]] = int(words[2])
+            elif len(words) == 4 and words[0] == "m":
+                memory[words[1]] = max(0, int(words[2]) - int(words[3]))
+        except ValueError:
+            continue  # e.g. a `date` without %N: that pass has no clock
+    return RemoteFigures(
+        first, second, (walls[0], walls[1]), memory, (uptimes[0], uptimes[1]), slept
+    )
+
+
+def read_remote(
+    address: EngineAddress, ids: Iterable[str], interval: float | None, timeout: float
+) -> RemoteFigures | None:
+    """Run the script on the host of ``address`` (an ssh engine with our config) through its
+    ssh master; None when it cannot be run there (the caller asks the engine instead)."""
+    from controller import ssh
+
+    ids = list(ids)
+    if address.scheme != "ssh" or not address.ssh_config or not ids:
+        return None
+    config = Path(address.ssh_config)
+    host = address.host.removeprefix(ssh.ALIAS_PREFIX)
+    text = remote_script(ids, interval)
+    try:
+        out = ssh.script(ssh.SshFiles(config.parent), host, text, timeout, config)
+    except OperationError:
+        return None
+    return parse_remote(out.decode(errors="replace"))
+
+
+def sample_remote(
+    address: EngineAddress,
+    ids: Iterable[str],
+    interval: float = INTERVAL,
+    timeout: float = REMOTE_TIMEOUT,
+) -> dict[str, Reading]:
+    """CPU percent and memory of another host's containers from their cgroup files there: one
+    ssh session, one sampling window of ``interval`` seconds for all of them. Containers not
+    found there are left out."""
+    figures = read_remote(address, ids, interval, timeout)
+    return {} if figures is None else figures.readings(interval)
+
+
+def counters_remote(
+    address: EngineAddress, ids: Iterable[str], timeout: float = REMOTE_TIMEOUT
+) -> dict[str, tuple[float, int]]:
+    """CPU seconds and memory in use of another host's containers, read once (no window)."""
+    figures = read_remote(address, ids, None, timeout)
+    return {} if figures is None else figures.counters()

@@ -2,10 +2,11 @@
 
 Status comes from one container listing for all instances (compose would cost one process per
 instance), made through the small Engine API client in controller/engine.py. CPU and memory come
-from the containers' cgroup files when the engine is on this host (controller/cgroups.py), else
-from the engine's stats: it answers a one-shot stats call at its stats collector's next tick
-(about a second), whatever the number of callers waiting, so every container is sampled at once,
-twice, and the whole gathering costs about two ticks, not two per container.
+from the containers' cgroup files when the engine is on this host (controller/cgroups.py) or on
+a host reached over ssh (read there by one script), else from the engine's stats: it answers a
+one-shot stats call at its stats collector's next tick (about a second), whatever the number of
+callers waiting, so every container is sampled at once, twice, and the whole gathering costs
+about two ticks, not two per container.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ _HEALTH = re.compile(r"\((healthy|unhealthy|health: starting)\)")
 _EXITED = re.compile(r"Exited \((\d+)\)")
 # Concurrent stats calls at the most (each thread keeps its own connection to the engine).
 MAX_PARALLEL = 64
-# Over ssh each connection is a session of the shared master connection: stay under sshd's
-# MaxSessions (10 by default).
+# Over ssh through dial-stdio each connection is a session of the shared master connection: stay
+# under sshd's MaxSessions (10 by default). A forwarded socket's connections are not sessions.
 MAX_PARALLEL_SSH = 8
 
 
@@ -112,9 +113,10 @@ class DockerAPI:
         """CPU percent and memory per running container.
 
         With the engine on this host the figures come from the containers' cgroup files (one
-        short sampling window for all of them, see controller/cgroups.py); a container whose
-        cgroup cannot be found or read, a remote engine, or ``direct=False`` falls back to the
-        engine's stats.
+        short sampling window for all of them, see controller/cgroups.py), and on a host reached
+        over ssh from its cgroup files there (one ssh session); a container whose cgroup cannot
+        be found or read, another remote engine, or ``direct=False`` falls back to the engine's
+        stats.
         """
         ids = list(dict.fromkeys(container_ids))
         if not ids:
@@ -123,6 +125,12 @@ class DockerAPI:
 
         from controller import cgroups
 
+        if direct and self.engine.address.scheme == "ssh":
+            # Another host's cgroup files, read there in one ssh session (one short window).
+            readings = cgroups.sample_remote(self.engine.address, ids)
+            usage = {cid: Usage(r.cpu_percent, r.memory_bytes) for cid, r in readings.items()}
+            usage.update(self._sampled_usage([cid for cid in ids if cid not in usage]))
+            return {cid: usage[cid] for cid in ids if cid in usage}
         reader = cgroups.Cgroups()
         if not (direct and self.engine.address.local and reader.available()):
             return self._sampled_usage(ids)
@@ -147,7 +155,7 @@ class DockerAPI:
         return {cid: usage[cid] for cid in ids if cid in usage}
 
     def _parallel(self, wanted: int) -> int:
-        most = MAX_PARALLEL_SSH if self.engine.address.scheme == "ssh" else MAX_PARALLEL
+        most = MAX_PARALLEL_SSH if self.engine.sessions_limited else MAX_PARALLEL
         return max(1, min(most, wanted))
 
     def _pid(self, container_id: str) -> int | None:

@@ -11,8 +11,11 @@ The engine is named by an address in DOCKER_HOST's syntax (``unix:///var/run/doc
   _Connection). A status query is one request; loading httpx for it (ssl, h11, httpcore and what
   its CLI imports: about 60 ms on this machine kind) would cost more than `docker compose ls`
   takes whole;
-- for ssh, the same HTTP/1.1 exchange over ``ssh HOST docker system dial-stdio`` (one ssh
-  process per connection; ControlMaster in the generated config makes them cheap).
+- for ssh, the same HTTP/1.1 exchange over the engine's socket forwarded through the host's ssh
+  master (controller/ssh.py ``Forward``: a connection is a channel of the running master, under
+  a millisecond), or where no forward can be had (sshd refuses streamlocal forwarding, the
+  engine there is not on a unix socket, no ControlMaster) over ``ssh HOST docker system
+  dial-stdio`` (an ssh process here and a docker CLI there per connection, about 30 ms).
 
 Paths carry no API version: the engine answers in its own, which every engine from API 1.24 to
 the current one accepts for these calls.
@@ -20,6 +23,7 @@ the current one accepts for these calls.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -36,6 +40,8 @@ from controller.errors import DockerUnavailable, OperationError
 
 if TYPE_CHECKING:
     import httpx
+
+    from controller.ssh import Forward
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 DEFAULT_TLS_PORT = 2376
@@ -250,6 +256,15 @@ class Engine:
     def close(self) -> None:
         self._raw.close()
 
+    @property
+    def sessions_limited(self) -> bool:
+        """Whether each connection is an ssh session (dial-stdio), of which sshd allows only
+        MaxSessions (10 by default) at once per master; a forwarded connection is a channel,
+        not a session. Known once a connection was made; until then an ssh engine says yes."""
+        if self.address.scheme != "ssh":
+            return False
+        return not (isinstance(self._raw, _SocketRaw) and self._raw.forwarded)
+
     def __enter__(self) -> Engine:
         return self
 
@@ -383,6 +398,10 @@ class _SocketRaw:
         self._timeout = timeout
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
+        # ssh: the forward of the engine's socket (controller/ssh.py), looked up on the first
+        # connection; False once it cannot be had (dial-stdio then).
+        self._forward: Forward | bool | None = None
+        self.forwarded = False  # the last connection made went through the forward
 
     def send(self, method: str, target: str) -> tuple[int, bytes]:
         with self._lock:
@@ -400,6 +419,8 @@ class _SocketRaw:
                 conn = None
                 if reused and attempt == 1 and not isinstance(exc, TimeoutError):
                     continue  # the engine closed the idle connection: once more on a new one
+                if isinstance(failed, _ForwardedConnection) and not isinstance(exc, TimeoutError):
+                    return self._without_forward(method, target)
                 raise DockerUnavailable(self._unreachable(exc, failed)) from None
             with self._lock:
                 if keep and len(self._idle) < self.MAX_IDLE:
@@ -413,7 +434,7 @@ class _SocketRaw:
     def _connect(self) -> _Connection:
         address = self._address
         if address.scheme == "ssh":
-            return _SshConnection.open(address, self._timeout)
+            return self._ssh_connect()
         if address.scheme == "unix":
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             where: str | tuple[str, int] = address.path
@@ -427,6 +448,99 @@ class _SocketRaw:
             sock.close()
             raise
         return _Connection(sock, "localhost" if address.scheme == "unix" else address.host)
+
+    def _ssh_connect(self) -> _Connection:
+        """Through the forward when one is there or can be made, else dial-stdio."""
+        forward = self._ssh_forward()
+        if forward is not None:
+            # Given up (by another process) meanwhile: not connected to, even where it lingers.
+            sock = None if forward.refused() else forward.connect(self._timeout)
+            if sock is None:
+                from controller.ssh import SshError
+
+                try:
+                    why = forward.open(self._timeout)
+                except SshError as exc:  # the host cannot be reached at all
+                    raise DockerUnavailable(str(exc)) from None
+                sock = None if why else forward.connect(self._timeout)
+            if sock is not None:
+                self.forwarded = True
+                return _ForwardedConnection(sock)
+            self._forward = False
+        self.forwarded = False
+        return _SshConnection.open(self._address, self._timeout)
+
+    def _ssh_forward(self) -> Forward | None:
+        if self._forward is None:
+            found = None
+            if self._address.ssh_config:
+                from controller.ssh import Forward
+
+                found = Forward.of(Path(self._address.ssh_config), self._address.host)
+            self._forward = found or False
+        return self._forward or None
+
+    def _without_forward(self, method: str, target: str) -> tuple[int, bytes]:
+        """A fresh forwarded connection broke: ask through dial-stdio. When that answers, the
+        forward is made again and tried once more; when that breaks too (not by a timeout),
+        the forward is what fails (sshd refuses to open the channel, or the socket is
+        elsewhere): it is given up for every process a while. When dial-stdio fails too, the
+        engine or the host is down: its reason, and the forward is kept."""
+        try:
+            conn = _SshConnection.open(self._address, self._timeout)
+        except OSError as exc:
+            raise DockerUnavailable(self._unreachable(exc)) from None
+        try:
+            try:
+                status, body, keep = conn.exchange(method, target)
+            except (OSError, BadResponse) as exc:
+                failed, conn = conn, None
+                failed.close()  # its ssh's stderr is read once it has ended
+                raise DockerUnavailable(self._unreachable(exc, failed)) from None
+            forward = self._ssh_forward()
+            works = None if forward is None else self._forward_works_again(forward)
+            if forward is not None and works is False:
+                with contextlib.suppress(OSError):  # no marker written: given up here only
+                    forward.refuse(
+                        "the forwarded socket does not reach the engine; dial-stdio does"
+                    )
+            if not works:  # kept where it answered again: a passing failure
+                self._forward = False
+            self.forwarded = False
+            with self._lock:
+                if keep and len(self._idle) < self.MAX_IDLE:
+                    self._idle.append(conn)
+                    conn = None
+            return status, body
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _forward_works_again(self, forward: Forward) -> bool | None:
+        """Whether a fresh connection through the forward, made again, answers a ping; None
+        when that cannot tell (the host does not answer, a timeout, the files here fail, the
+        forward is being made or was given up elsewhere): nothing is then to be marked."""
+        from controller.ssh import SshError
+
+        try:
+            forward.close()
+            if forward.open(self._timeout):
+                return None
+            sock = forward.connect(self._timeout)
+        except (SshError, OSError):
+            return None
+        if sock is None:
+            return None
+        conn = _ForwardedConnection(sock)
+        try:
+            conn.exchange("GET", "/_ping")
+        except TimeoutError:
+            return None
+        except (OSError, BadResponse):
+            return False
+        finally:
+            conn.close()
+        return True
 
     def _unreachable(self, exc: Exception, conn: _Connection | None = None) -> str:
         if isinstance(conn, _SshConnection):
@@ -598,6 +712,13 @@ class _SshConnection(_Connection):
         self._stderr.seek(0)
         self._text = self._stderr.read(65536).decode(errors="replace")
         self._stderr.close()
+
+
+class _ForwardedConnection(_Connection):
+    """HTTP/1.1 on the engine's socket forwarded through the host's ssh master."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock, "docker")
 
 
 class _HttpxRaw:

@@ -4,8 +4,9 @@ many of the host's instances run, and what our containers there use (CPU, memory
 
 Every host is asked side by side, each with its own timeout (controller/status.py
 ``each_host``): a host that does not answer comes back with its one-line reason and never holds
-up the others. CPU and memory come from cgroup files for this machine's engine, from the
-engine's stats for another host's (controller/dockerapi.py ``DockerAPI.usage``).
+up the others. CPU and memory come from the containers' cgroup files, read here for this
+machine's engine and there by one script over ssh for another host's (controller/dockerapi.py
+``DockerAPI.usage``; the engine's stats for a container not found so).
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ Progress = Callable[[str], None]
 _quiet = base.quiet
 
 
+# Engine clients a call opens (ssh processes for a remote host) are closed when it returns.
+@base.one_call_each
 class Manager:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -37,9 +39,6 @@ class Manager:
     def _audited(self, command: str, instance: str | None) -> Iterator[None]:
         with base.audited(self.ctx, command, instance):
             yield
-
-    def _docker(self):
-        return base.docker()
 
     def _env(self, name: str):
         return base.env(self.ctx, name)
@@ -372,26 +371,45 @@ class Manager:
         snapshot: str | None = None,
         as_name: str | None = None,
         progress: Progress = _quiet,
+        host: str | None = None,
     ):
-        """Put ``name`` (or a new instance ``as_name``) back to a backup (a RestoreResult)."""
+        """Put ``name`` (or a new instance ``as_name``) back to a backup (a RestoreResult): in
+        place on its host; a new one on ``host`` (default: see ops/restore.py)."""
         from controller.ops import restore
 
         validate_name(name)
         command = "restore" + (f" --as {as_name}" if as_name else "")
+        command += f" --host {host}" if host else ""
         with self._audited(command, as_name or name):
-            self._docker()
+            # The engine of the host it goes to is checked there (not this machine's).
             return restore.restore(
-                self.settings, self.store, name, self._restore_hooks(), snapshot, as_name, progress
+                self.settings,
+                self.store,
+                name,
+                self._restore_hooks(),
+                snapshot,
+                as_name,
+                progress,
+                host,
             )
 
-    def restore_dry_run(self, name: str, snapshot: str | None = None, progress=_quiet):
-        """Restore into a throwaway project, verify, remove it (a DryRunResult)."""
+    def restore_check(self, name: str, as_name: str | None = None, host: str | None = None):
+        """The refusals (UsageError) ``restore`` would make before reading the backup: for the
+        front-end to ask them before it asks to replace the data."""
+        from controller.ops import restore
+
+        restore.check_request(self.settings, self.store.read(), name, as_name, host)
+
+    def restore_dry_run(
+        self, name: str, snapshot: str | None = None, progress=_quiet, host: str | None = None
+    ):
+        """Restore into a throwaway project on the instance's host (or ``host``), verify,
+        remove it (a DryRunResult)."""
         from controller.ops import restore
 
         validate_name(name)
-        self._docker()
         with self._audited("restore --dry-run", name):
-            return restore.dry_run(self.settings, name, snapshot, progress)
+            return restore.dry_run(self.settings, name, snapshot, progress, host)
 
     def _recover_restore(self, name: str, progress: Progress = _quiet) -> str | None:
         from controller.ops import restore
@@ -449,12 +467,12 @@ class Manager:
 
         return upgrade.rollback(self.ctx, name, progress)
 
-    def clone(self, source: str, new: str, progress: Progress = _quiet):
-        """A fresh backup of ``source`` restored as ``new``, then every secret of ``new``
-        rotated (a CloneResult)."""
+    def clone(self, source: str, new: str, progress: Progress = _quiet, host: str | None = None):
+        """A fresh backup of ``source`` restored as ``new`` (on ``host``; default: where
+        `create` would put it), then every secret of ``new`` rotated (a CloneResult)."""
         from controller.ops import clone
 
-        return clone.clone(self.ctx, source, new, progress)
+        return clone.clone(self.ctx, source, new, progress, host)
 
     def move(self, name: str, host: str, progress: Progress = _quiet):
         """Take ``name`` to ``host``'s engine with its name, secrets and data; on failure it

@@ -226,8 +226,8 @@ def release(engine: Engine, root: str, instance: str) -> None:
 def sweep(engine: Engine, root: str, instances: Callable[[], Iterable[str]]) -> list[str]:
     """Remove this ROOT's claims of instances it no longer has (a delete that could not reach the
     engine leaves its claim behind) and claims of ROOTs gone from this host; the names removed.
-    ``instances()`` is read after the listing, so a create committing meanwhile keeps its claim
-    (it commits its record before it makes the claim)."""
+    ``instances()`` is read after the listing, so a create (or a restore making a new instance)
+    committing meanwhile keeps its claim: each commits its record before it makes the claim."""
     found = _claims(engine.volumes([CLAIM_LABEL]))
     if not found:
         return []

@@ -18,12 +18,16 @@ through one generated config per ROOT.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shlex
 import shutil
+import socket
+import stat
 import subprocess
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -35,8 +39,9 @@ from controller.state import HostRecord
 ALIAS_PREFIX = "sbm-"
 CONNECT_TIMEOUT = 10
 CONTROL_PERSIST = 60
-# A unix socket path holds at most 107 bytes; ssh's %C is 40 hex digits.
-_MAX_CONTROL_DIR = 60
+# A unix socket path holds at most 107 bytes; "/cm-" and ssh's %C take 44, and the master first
+# binds a temporary name 17 bytes longer (".XXXXXXXXXXXXXXXX").
+_MAX_CONTROL_DIR = 46
 
 
 class SshError(OperationError):
@@ -273,7 +278,7 @@ def run(
             timeout=timeout,
         )
     except subprocess.TimeoutExpired:
-        message = f"host {host}: no answer over ssh within {timeout:.0f} s"
+        message = f"host {host}: no answer over ssh within {timeout:g} s"
         raise SshError(message, "unreachable") from None
     if proc.returncode != 0:
         raise failure(host, proc.stderr.decode(errors="replace"), proc.returncode)
@@ -407,14 +412,317 @@ def close_master(files: SshFiles, host: str, config: Path | None = None) -> None
     config = config or files.config
     if not config.is_file():
         return
-    subprocess.run(
-        [ssh_binary(), "-F", str(config), "-O", "exit", alias(host)],
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-        timeout=10,
-    )
+    forward = Forward.of(config, alias(host))
+    with contextlib.suppress(subprocess.TimeoutExpired):  # a hung master: its files go anyway
+        subprocess.run(
+            [ssh_binary(), "-F", str(config), "-O", "exit", alias(host)],
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=10,
+        )
+    if forward is not None:  # its forward ended with it
+        with contextlib.suppress(OSError):
+            forward.local.unlink(missing_ok=True)
+            forward.remote.unlink(missing_ok=True)
+
+
+@attrs.frozen
+class OldBlock:
+    """A host's master and forward files as its block of the config has them, read before
+    `host remove` rewrites the config, to be ended after (no new master can then start on
+    the old block behind the ending)."""
+
+    host: str
+    control: str | None  # the master's socket (``ssh -G``: its tokens expanded)
+    forward: Forward | None
+
+    @classmethod
+    def of(cls, files: SshFiles, host: str) -> OldBlock:
+        control = None
+        if files.config.is_file():
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                out = subprocess.run(
+                    [ssh_binary(), "-F", str(files.config), "-G", alias(host)],
+                    capture_output=True,
+                    stdin=subprocess.DEVNULL,
+                    timeout=10,
+                ).stdout.decode(errors="replace")
+                for line in out.splitlines():
+                    word, _, value = line.partition(" ")
+                    if word.lower() == "controlpath" and value.strip() not in ("", "none"):
+                        control = value.strip()
+        return cls(host, control, Forward.of(files.config, alias(host)))
+
+    def end(self) -> None:
+        """End the master (``ssh -S <socket> -O exit``) and remove the forward's files (its
+        socket, .lock, .no, .to): the host added again starts afresh."""
+        if self.control:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(
+                    [ssh_binary(), "-F", os.devnull, "-S", self.control, "-O", "exit", "x"],
+                    capture_output=True,
+                    stdin=subprocess.DEVNULL,
+                    timeout=10,
+                )
+        if self.forward is not None:
+            local = self.forward.local
+            for path in local.parent.glob(local.name + "*"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
 
 def dial_stdio_argv(files: SshFiles, host: str) -> list[str]:
     """ssh running ``docker system dial-stdio`` there: a byte stream to the host's engine."""
     return ssh_argv(files, host, ["docker", "system", "dial-stdio"])
+
+
+# --- the engine's socket, forwarded through the master ----------------------------------------
+
+# A forward that sshd refuses to serve (a fresh forwarded connection breaks twice, the forward
+# made again between, while dial-stdio answers), or whose engine is not on a unix socket, is not
+# tried again for this long: the engine is reached through `docker system dial-stdio` meanwhile.
+FORWARD_RETRY = 60
+
+# Where the worker's docker CLI would connect: DOCKER_HOST, else the current context's endpoint
+# (the docker CLI is started only when a context other than the default is set), else the
+# default socket. On stdin, like every script here.
+_DOCKER_HOST = r"""h="${DOCKER_HOST:-}"
+if [ -z "$h" ]; then
+  c="${DOCKER_CONTEXT:-}"
+  if [ -z "$c" ] && grep -q '"currentContext"' "${DOCKER_CONFIG:-$HOME/.docker}/config.json" \
+      2>/dev/null; then c=current; fi
+  if [ -n "$c" ] && [ "$c" != default ]; then
+    h=$(docker context inspect --format '{{.Endpoints.docker.Host}}' 2>/dev/null)
+  fi
+fi
+echo "sbm-docker-host ${h:-unix:///var/run/docker.sock}"
+"""
+
+
+@attrs.frozen
+class Forward:
+    """The worker's Docker socket forwarded to a socket here through the host's ssh master
+    (OpenSSH streamlocal forwarding, added with ``ssh -O forward``): each Engine connection is
+    then a channel of the running master, not an ssh process here and a `docker system
+    dial-stdio` process there (about 30 ms each), and channels are not sessions, which sshd's
+    MaxSessions caps per connection.
+
+    The socket lies in the control folder beside the master's (0700, ours alone; ssh makes it
+    0600); its name hashes the host's block of the config, so another address, port or user
+    for the host is another forward. A stale socket (its master ended: ControlPersist) refuses
+    connections and is made again."""
+
+    config: Path
+    target: str  # the Host alias
+    local: Path  # the forwarded socket here
+
+    @classmethod
+    def of(cls, config: Path, target: str) -> Forward | None:
+        """The forward of ``target`` in ``config``; None when the host has no master
+        (ControlPath none) or the config cannot be read."""
+        try:
+            text = Path(config).read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+        block = _block(text, target)
+        control = next(
+            (line.split(None, 1)[1:] for line in block if line.startswith("ControlPath ")), None
+        )
+        if not control or control[0] == "none":
+            return None
+        folder = Path(control[0].strip('"')).parent
+        digest = hashlib.sha256("\n".join(block).encode()).hexdigest()[:16]
+        return cls(Path(config), target, folder / f"dk-{digest}")
+
+    @property
+    def marker(self) -> Path:
+        """Written when the forward cannot be had: its reason, for FORWARD_RETRY seconds."""
+        return self.local.with_name(self.local.name + ".no")
+
+    @property
+    def remote(self) -> Path:
+        """The worker's socket the forward leads to (``ssh -O cancel`` must name it)."""
+        return self.local.with_name(self.local.name + ".to")
+
+    def connect(self, timeout: float) -> socket.socket | None:
+        """A connection to the worker's engine through the forward; None when no forward is
+        there (never made, or its master is gone: nothing listens). Other errors are raised:
+        a forward that is there is never taken for a missing one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(str(self.local))
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                return None
+            except BlockingIOError:  # the master's listen queue is full: it is there
+                sock.close()
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
+                continue
+            except OSError:
+                sock.close()
+                raise
+            return sock
+
+    @property
+    def lock(self) -> Path:
+        """The flock under which the forward is made, given up or cancelled."""
+        return self.local.with_name(self.local.name + ".lock")
+
+    def refused(self) -> str:
+        """Why the forward is not to be tried (a marker written less than FORWARD_RETRY
+        seconds ago: the time is in the file, ``<epoch seconds> <why>``), else ""."""
+        try:
+            stamp, _, why = self.marker.read_text().partition(" ")
+            if abs(time.time() - float(stamp)) < FORWARD_RETRY:
+                return why.strip() or "refused"
+        except (OSError, ValueError, UnicodeDecodeError):
+            pass
+        return ""
+
+    def open(self, timeout: float) -> str:
+        """Make the forward (starting the master when none runs); "" when it is there, else
+        why it cannot be (dial-stdio is then the way). SshError when the host cannot be
+        reached at all."""
+        if why := self.refused():
+            return why
+        folder = self.local.parent
+        try:
+            info = folder.lstat()
+        except OSError:
+            return f"{folder} is missing"
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            return f"{folder} is not a private folder of ours"
+        try:
+            return self._open(timeout)
+        except OSError as exc:  # the lock, the socket's or the .to file: dial-stdio meanwhile
+            return f"the forward's files in {folder}: {exc}"
+
+    def _open(self, timeout: float) -> str:
+        with _waiting_lock(self.lock, timeout) as held:
+            if not held:
+                return "another process is making the forward"
+            if why := self.refused():  # given up meanwhile by another process
+                return why
+            probe = self.connect(timeout)
+            if probe is not None:  # made meanwhile by another thread or process
+                probe.close()
+                return ""
+            out = self._run(["-T", self.target, "--", "sh -s"], _DOCKER_HOST.encode(), timeout)
+            found = [
+                line.split(None, 1)[1]
+                for line in out.splitlines()
+                if line.startswith("sbm-docker-host ")
+            ]
+            where = found[0].strip() if found else ""
+            if not where.startswith("unix://"):
+                why = f"the engine there is not on a unix socket ({where[:80] or '?'})"
+                self._mark(why)
+                self._cancel()
+                return why
+            self.local.unlink(missing_ok=True)
+            spec = f"{self.local}:{where[len('unix://') :]}"
+            atomic_write(self.remote, spec, mode=0o600)
+            try:
+                self._run(["-O", "forward", "-L", spec, self.target], b"", timeout)
+                if not self.local.exists():
+                    # The master still had this forward, its socket gone: it answers OK and
+                    # listens nowhere. Cancelled and made again.
+                    self._run(["-O", "cancel", "-L", spec, self.target], b"", timeout)
+                    self._run(["-O", "forward", "-L", spec, self.target], b"", timeout)
+            except SshError as exc:
+                # Not marked: a master that does not answer (or a passing failure) must not
+                # turn the forward off for every process; this client takes dial-stdio.
+                self.local.unlink(missing_ok=True)
+                self.remote.unlink(missing_ok=True)
+                return f"ssh -O forward failed: {exc}"
+        return ""
+
+    def refuse(self, why: str) -> str:
+        """Give the forward up for FORWARD_RETRY seconds (marked, cancelled, its socket
+        removed), under the lock open() makes it under; returns ``why``. OSError when the
+        marker cannot be written."""
+        with _waiting_lock(self.lock, 10) as held:
+            if held:
+                self._mark(why)
+                self._cancel()
+        return why
+
+    def close(self) -> None:
+        """Cancel the forward on its master (if one runs) and remove its socket."""
+        with contextlib.suppress(OSError), _waiting_lock(self.lock, 10) as held:
+            if held:
+                self._cancel()
+
+    def _mark(self, why: str) -> None:
+        atomic_write(self.marker, f"{time.time():.3f} {why}\n", mode=0o600)
+
+    def _cancel(self) -> None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError, SshError):
+            spec = self.remote.read_text().strip()
+            self._run(["-O", "cancel", "-L", spec, self.target], b"", 10)
+        with contextlib.suppress(OSError):
+            self.local.unlink(missing_ok=True)
+            self.remote.unlink(missing_ok=True)
+
+    def _run(self, words: list[str], stdin: bytes, timeout: float) -> str:
+        # The config turns all forwarding off (nothing of a user's own); this one is ours.
+        argv = [ssh_binary(), "-F", str(self.config), "-o", "ClearAllForwardings=no", *words]
+        try:
+            proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            host = self.target.removeprefix(ALIAS_PREFIX)
+            raise SshError(
+                f"host {host}: no answer over ssh within {timeout:g} s", "unreachable"
+            ) from None
+        if proc.returncode != 0:
+            raise failure(
+                self.target.removeprefix(ALIAS_PREFIX),
+                proc.stderr.decode(errors="replace"),
+                proc.returncode,
+            )
+        return proc.stdout.decode(errors="replace")
+
+
+@contextlib.contextmanager
+def _waiting_lock(path: Path, timeout: float) -> Iterator[bool]:
+    """An flock on ``path`` waited for at most ``timeout`` seconds: whether it is held (another
+    process making the same forward may be stuck on a host that does not answer)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.02)
+                continue
+            yield True
+            return
+    finally:
+        os.close(fd)
+
+
+def _block(text: str, target: str) -> list[str]:
+    """The stripped lines of ``Host target``'s block in a config we wrote."""
+    block: list[str] = []
+    inside = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("Host "):
+            inside = line.split()[1:] == [target]
+            if inside:
+                block.append(line)
+            continue
+        if inside and line:
+            block.append(line)
+    return block

@@ -46,7 +46,8 @@ __all__ = [
 
 UNREACHABLE = "unreachable"  # the engine of the instance's host did not answer
 # How long one host's engine may take to answer everything a gathering asks it (listing, and
-# with resources two stats ticks of about a second each on a remote engine).
+# with resources one short sampling window; the engine's stats, two ticks of about a second
+# each, only for containers whose cgroup files were not found).
 HOST_TIMEOUT = 6.0
 
 T = TypeVar("T")

@@ -519,7 +519,9 @@ def _restore(ctx: Context, v: dict) -> int | None:
     if v["dry_run"]:
         if v["as_name"]:
             raise UsageError("restore: --dry-run and --as do not go together")
-        result = ctx.manager.restore_dry_run(name, v["snapshot"], progress=ctx.progress)
+        result = ctx.manager.restore_dry_run(
+            name, v["snapshot"], progress=ctx.progress, host=v["host"]
+        )
         _emit(
             ctx,
             result,
@@ -529,10 +531,13 @@ def _restore(ctx: Context, v: dict) -> int | None:
                 )
                 + f"\nbackup {result.backup} of {name}: "
                 + ("restorable" if result.ok else "NOT restorable")
+                + f" (proved on host {result.host})"
             ),
         )
         return 0 if result.ok else 1
     target = v["as_name"] or name
+    # A refusal (another host than its own, a name taken...) comes before the question.
+    ctx.manager.restore_check(name, v["as_name"], v["host"])
     if not v["yes"] and not v["as_name"] and target in ctx.manager.instance_names():
         answer = ctx.confirm(f"replace the data of {target} with the backup?")
         if answer is None:
@@ -540,12 +545,17 @@ def _restore(ctx: Context, v: dict) -> int | None:
         if not answer:
             ctx.print("not restored")
             return 1
-    result = ctx.manager.restore(name, v["snapshot"], v["as_name"], progress=ctx.progress)
+    result = ctx.manager.restore(
+        name, v["snapshot"], v["as_name"], progress=ctx.progress, host=v["host"]
+    )
     _warnings(ctx, result.warnings)
     _emit(
         ctx,
         result,
-        lambda: f"restored {result.instance} from backup {result.backup} of {result.source}",
+        lambda: (
+            f"restored {result.instance} from backup {result.backup} of {result.source} "
+            f"on host {result.host}"
+        ),
     )
     return None
 
@@ -631,13 +641,14 @@ def _clone(ctx: Context, v: dict) -> None:
     from controller.names import validate_new_name
 
     validate_new_name(v["new"])
-    result = ctx.manager.clone(v["src"], v["new"], progress=ctx.progress)
+    result = ctx.manager.clone(v["src"], v["new"], progress=ctx.progress, host=v["host"])
     _warnings(ctx, result.warnings)
     _emit(
         ctx,
         result,
         lambda: (
-            f"cloned {result.source} as {result.instance} (backup {result.backup}); "
+            f"cloned {result.source} as {result.instance} on host {result.host} "
+            f"(backup {result.backup}); "
             f"rotated: {', '.join(result.rotated)}"
         ),
     )
@@ -999,6 +1010,13 @@ TABLE: list[Command] = [
         Opt(("--snapshot",), "snapshot", "backup or snapshot id (default: the latest)", "ID"),
         Opt(("--as",), "as_name", "restore as a new instance NEW", "NEW"),
         Opt(("--dry-run",), "dry_run", "restore into a throwaway project, verify, remove it"),
+        Opt(
+            ("--host",),
+            "host",
+            "where a new or deleted instance goes, or the --dry-run runs (`host list`)",
+            "HOST",
+            complete="host",
+        ),
         Opt(("-y", "--yes"), "yes", "do not ask for confirmation"),
         completers={"NAME": None},  # a deleted instance can be restored too
     ),
@@ -1034,6 +1052,13 @@ TABLE: list[Command] = [
         "clone SRC NEW",
         "a new instance with SRC's data (fresh backup) and none of its secrets",
         _clone,
+        Opt(
+            ("--host",),
+            "host",
+            "the host NEW runs on (`host list`; default: as `create`)",
+            "HOST",
+            complete="host",
+        ),
         completers={"SRC": "instance", "NEW": None},
     ),
     cmd(

@@ -7,8 +7,10 @@ play the hosts: httpx.MockTransport for an engine that answers (or answers slowl
 a unix socket path with nothing listening for a host that is down. The CLI tests run the real
 commands against the real local engine (a labelled stand-in container plays a running instance)
 beside hosts reached over the real ssh client: one whose port refuses, one whose port accepts and
-never says a word (ssh hangs in its handshake). The last test runs against a real second engine
-behind sshd (the `worker` fixture, tests/world/worker.py) whose link is then taken down.
+never says a word (ssh hangs in its handshake). The last tests run against a real second engine
+behind sshd (the `worker` fixture, tests/world/worker.py): its link taken down; its engine reached
+through the socket forwarded by the ssh master, then through dial-stdio once its sshd refuses
+streamlocal forwarding.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -448,6 +451,7 @@ def local_and_worker(data_root, caddy, docker_client, docker_sandbox, worker, wo
     gathering reads is the same: containers labelled with the instance and this ROOT). The ssh
     master is ended and the worker's link brought back afterwards."""
     from tests.world.cli import CliRoot
+    from tests.world.remote import close_masters
 
     cli = CliRoot(data_root, caddy, SUPABASE_MANAGER_SSH_IDENTITY_FILE=str(worker.identity_file))
     cli.run("host", "add", "w2", worker.ssh_url, "--accept-new-key")
@@ -468,11 +472,15 @@ def local_and_worker(data_root, caddy, docker_client, docker_sandbox, worker, wo
         yield cli
     finally:
         worker.reconnect()
-        config = data_root / "ssh" / "config"
-        if config.is_file():
-            subprocess.run(
-                ["ssh", "-F", str(config), "-O", "exit", "sbm-w2"], capture_output=True, timeout=10
-            )
+        close_masters(data_root)
+
+
+def _end_master(root: Path) -> None:
+    """End the ssh master to the worker (and with it the forward of its engine's socket)."""
+    for config in (root / "ssh").glob("config*"):
+        subprocess.run(
+            ["ssh", "-F", str(config), "-O", "exit", "sbm-w2"], capture_output=True, timeout=10
+        )
 
 
 @pytest.mark.docker
@@ -521,3 +529,46 @@ def test_a_worker_gone_from_the_network_leaves_only_its_instances_unreachable(
     worker.reconnect()
     rows = {row["name"]: row for row in cli.json("list")}
     assert rows["far"]["status"] == "running"
+
+
+@pytest.mark.docker
+def test_a_workers_engine_through_its_forwarded_socket_or_dial_stdio_when_sshd_refuses(
+    local_and_worker, worker
+):
+    """Each Engine connection to the worker is a channel of the ssh master on the engine's
+    socket forwarded here (private), not a dial-stdio process; CPU and memory come from the
+    worker's cgroup files, read there in one ssh session. With streamlocal forwarding refused
+    by the worker's sshd, the same commands work through dial-stdio."""
+    from controller import cgroups, ssh
+    from controller.labels import INSTANCE_LABEL
+
+    cli = local_and_worker
+    (config,) = (cli.root / "ssh").glob("config*")
+    address = EngineAddress("ssh", host="sbm-w2", ssh_config=str(config))
+    forward = ssh.Forward.of(config, "sbm-w2")
+    assert forward is not None
+
+    rows = {row["name"]: row for row in cli.json("list")}
+    assert rows["far"]["status"] == "running" and rows["far"]["memory_bytes"] > 0
+    mode = forward.local.stat().st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    assert stat.S_IMODE(forward.local.parent.stat().st_mode) == 0o700
+    with Engine(address, timeout=10) as engine:
+        (far,) = engine.containers([f"{INSTANCE_LABEL}=far"])
+        assert not engine.sessions_limited  # connections are channels of the master
+    reading = cgroups.sample_remote(address, [far.id])[far.id]
+    assert reading.memory_bytes > 0 and reading.cpu_percent >= 0
+    assert cgroups.counters_remote(address, [far.id])[far.id][0] > 0  # CPU seconds so far
+
+    worker.configure_ssh("AllowStreamLocalForwarding no")
+    try:
+        _end_master(cli.root)  # the master's connection kept the old settings
+        rows = {row["name"]: row for row in cli.json("list")}
+        assert rows["far"]["status"] == "running" and rows["far"]["memory_bytes"] > 0
+        assert "dial-stdio does" in forward.refused() and not forward.local.exists()
+        with Engine(address, timeout=10) as engine:
+            engine.ping()
+            assert engine.sessions_limited  # dial-stdio: ssh sessions, capped per master
+    finally:
+        worker.configure_ssh()
+        _end_master(cli.root)

@@ -28,6 +28,7 @@ from controller.ops import hosts as host_ops
 from controller.render import render_instance
 from controller.state import HostRecord, InstanceRecord
 from controller.templatefiles import TemplateFiles, needed_ports
+from tests.world.remote import close_masters
 from tests.world.templates import fixtures_dir
 
 TEMPLATE = TemplateFiles(fixtures_dir() / "v0.8.2")
@@ -231,15 +232,7 @@ def two_hosts(data_root, caddy, docker_sandbox, worker, worker_sandbox):
     try:
         yield root
     finally:
-        config = data_root / "ssh" / "config"
-        if config.is_file():
-            for block in config.read_text().split("\nHost ")[1:]:
-                alias = block.split()[0]
-                subprocess.run(
-                    ["ssh", "-F", str(config), "-O", "exit", alias],
-                    capture_output=True,
-                    timeout=10,
-                )
+        close_masters(data_root)  # of every config (identity variant), and checked gone
 
 
 def _state(root) -> dict:

@@ -17,18 +17,25 @@ from pathlib import Path
 
 import pytest
 
+from tests.world import remote
 from tests.world.cli import CLI, CliRoot
 from tests.world.net import wait_until
+from tests.world.remote import HOST, STORAGE, psql, worker_files
 from tests.world.templates import fixtures_dir
 
 NAME = "mv"
 TEMPLATE = "v0.8.2"
 
 
-# --- refusals (no Docker needed: nothing is changed) ---------------------------------------------
+# --- refusals (no container: nothing is changed) -------------------------------------------------
 @pytest.fixture(scope="module")
-def quiet_root(tmp_path_factory):
-    """A ROOT with one never-started instance; Caddy points at a closed port."""
+def quiet_root(tmp_path_factory, docker_client):
+    """A ROOT with one never-started instance; Caddy points at a closed port. Its create claims
+    the name on the local engine (controller/ownership.py): made under the machine-wide lock and
+    removed with it, so that another run's instance of this name neither refuses it nor is
+    refused."""
+    from tests.world.dockerworld import DockerSandbox
+
     root = tmp_path_factory.mktemp("move-refusals") / "root"
 
     class Closed:
@@ -37,9 +44,10 @@ def quiet_root(tmp_path_factory):
 
     world = CliRoot(root, Closed())
     world.run("template", "import", str(fixtures_dir() / TEMPLATE), "--name", TEMPLATE)
-    # Caddy down: the instance is made, its routes wait (exit 1 says so).
-    world.run("create", NAME, "--template", TEMPLATE, "--no-start", check=False)
-    assert NAME in json.loads(_state(root))["instances"]
+    with DockerSandbox(docker_client).session():
+        # Caddy down: the instance is made, its routes wait (exit 1 says so).
+        proc = world.run("create", NAME, "--template", TEMPLATE, "--no-start", check=False)
+    assert NAME in json.loads(_state(root))["instances"], proc.stderr
     return world
 
 
@@ -77,20 +85,10 @@ def test_an_older_state_file_reads_with_no_move_under_way(quiet_root):
 
 
 # --- the real move: this machine <-> a worker over SSH -------------------------------------------
-HOST = "w2"
 BIG_ROWS = 50_000
 
 
-class World(CliRoot):
-    def __init__(self, root: Path, caddy, worker) -> None:
-        super().__init__(
-            root,
-            caddy,
-            SUPABASE_MANAGER_DEBUG="1",
-            SUPABASE_MANAGER_SSH_IDENTITY_FILE=str(worker.identity_file),
-        )
-        self.worker = worker
-
+class World(remote.RemoteRoot):
     @property
     def folder(self) -> Path:
         return self.root / "instances" / NAME
@@ -99,36 +97,10 @@ class World(CliRoot):
         return json.loads(_state(self.root))["instances"][NAME]
 
 
-def psql(sql: str, engine: str | None = None) -> str:
-    """psql as the superuser in the db container, on the local engine or ``engine``'s."""
-    host = ["-H", engine] if engine else []
-    proc = subprocess.run(
-        [
-            *("docker", *host, "exec", f"{NAME}-db", "psql", "-X", "-U", "postgres"),
-            *("-d", "postgres", "-v", "ON_ERROR_STOP=1", "-tA", "-c", sql),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
-
-
 def fingerprint(engine: str | None = None) -> dict:
     """Row counts and checksums of every table written, and the role."""
-    out = {}
-    for table in ("shop.customers", "public.events"):
-        out[table] = psql(
-            f"select count(*) || ':' || md5(coalesce(string_agg(t::text, ',' order by id), '')) "
-            f"from {table} t",
-            engine,
-        )
-    out["role"] = psql("select rolpassword from pg_authid where rolname = 'app_user'", engine)
-    return out
-
-
-STORAGE = Path("volumes") / "storage"
+    role = psql(NAME, "select rolpassword from pg_authid where rolname = 'app_user'", engine)
+    return {**remote.checksums(NAME, engine), "role": role}
 
 
 def local_files(folder: Path) -> dict[str, str]:
@@ -138,18 +110,6 @@ def local_files(folder: Path) -> dict[str, str]:
         for p in sorted(storage.rglob("*"))
         if p.is_file()
     }
-
-
-def worker_files(worker, folder: Path) -> dict[str, str]:
-    """The storage files as the worker sees them (inside its own mount namespace)."""
-    proc = worker.run(
-        f"cd {folder / STORAGE} 2>/dev/null || exit 0; find . -type f -exec sha256sum {{}} +"
-    )
-    out = {}
-    for line in proc.stdout.splitlines():
-        digest, _, path = line.partition("  ")
-        out[path.removeprefix("./")] = digest
-    return dict(sorted(out.items()))
 
 
 def project_objects(client) -> list[str]:
@@ -166,66 +126,19 @@ def answers_through_caddy(world) -> bool:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, docker_client, worker):
-    from tests.world.caddy import CaddyProcess
-    from tests.world.dockerworld import DockerSandbox
-    from tests.world.standin import write_standin_overlay
-
     base = tmp_path_factory.mktemp("move")
-    root = base / "root"
-    root.mkdir()
-    worker_client = worker.client()
-    on_worker = DockerSandbox(worker_client)
-    on_worker.snapshot()
-    with DockerSandbox(docker_client).session():
-        caddy = CaddyProcess(root, base / "caddy-run")
-        caddy.start()
-        try:
-            w = World(root, caddy, worker)
-            w.run("template", "import", str(fixtures_dir() / TEMPLATE), "--name", TEMPLATE)
-            overlay = write_standin_overlay(
-                [root / "templates" / TEMPLATE / "docker-compose.yml"], base / "standin.yml"
-            )
-            w.run(
-                "create",
-                NAME,
-                "--template",
-                TEMPLATE,
-                "--extra-compose",
-                str(overlay),
-                "--host",
-                "local",
-            )
-            w.run(
-                *("host", "add", HOST, worker.ssh_url, "--bind", worker.bind_address),
-                "--accept-new-key",
-            )
-            psql(
-                f"""
-                create schema shop;
-                create table shop.customers (id serial primary key, email text not null);
-                insert into shop.customers (email) select 'c' || g || '@example.com'
-                    from generate_series(1, 500) g;
-                create table public.events (id bigserial primary key, payload text);
-                insert into public.events (payload) select repeat(md5(g::text), 3)
-                    from generate_series(1, {BIG_ROWS}) g;
-                create role app_user login password 'r0le-Pa55-word';
-                """
-            )
-            bucket = w.folder / STORAGE / "stub" / "bucket"
-            bucket.mkdir(parents=True, exist_ok=True)
-            (bucket / "photo.bin").write_bytes(os.urandom(2 * 1024 * 1024))
-            (bucket / "note.txt").write_text("hello from storage\n")
-            w.expected = fingerprint()
-            w.expected_files = local_files(w.folder)
-            w.engine = worker.engine_url
-            yield w
-            w.run("delete", NAME, "--purge", "--yes", check=False)
-        finally:
-            caddy.stop()
-            try:
-                on_worker.cleanup()
-            finally:
-                worker_client.close()
+    with remote.remote_world(
+        base, docker_client, worker, world=World, env=remote.DEBUG, instance=NAME, on="local"
+    ) as w:
+        remote.write_rows(NAME, BIG_ROWS)
+        bucket = w.folder / STORAGE / "stub" / "bucket"
+        bucket.mkdir(parents=True, exist_ok=True)
+        (bucket / "photo.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+        (bucket / "note.txt").write_text("hello from storage\n")
+        w.expected = fingerprint()
+        w.expected_files = local_files(w.folder)
+        w.engine = worker.engine_url
+        yield w
 
 
 @pytest.mark.docker

@@ -190,6 +190,10 @@ def _docker(
     running = [c.id for c in containers if c.state == "running"]
     if not restarts:
         return _DockerFacts(found, jobs, _resources(api, running), {})
+    if api.engine.sessions_limited:
+        # Each call is an ssh session there (sshd allows 10 at once): one pool after the other.
+        counts = _restart_counts(api, containers, caches)
+        return _DockerFacts(found, jobs, _resources(api, running), counts)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         counts = pool.submit(_restart_counts, api, containers, caches)
         resources = _resources(api, running)
@@ -203,6 +207,10 @@ def _resources(api, ids: list[str]) -> dict[str, tuple[float | None, int | None]
 
     out: dict[str, tuple[float | None, int | None]] = {}
     missing = []
+    if api.engine.address.scheme == "ssh":
+        # Another host's: its cgroup files, read there once in one ssh session.
+        out.update(cgroups.counters_remote(api.engine.address, ids))
+        ids = [cid for cid in ids if cid not in out]
     # Cgroup files are this machine's: only the local engine's containers are found there.
     reader = cgroups.Cgroups() if api.engine.address.local else None
     for cid in ids:
@@ -236,8 +244,8 @@ def _restart_counts(api, containers: list, caches: Caches | None) -> dict[str, i
     ]
     counts: dict[str, int] = {}
     if wanted:
-        workers = min(8, len(wanted))
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        # As many at once as the engine's stats calls (fewer over ssh sessions).
+        with concurrent.futures.ThreadPoolExecutor(api._parallel(len(wanted))) as pool:
             counts_asked = pool.map(lambda c: _restart_count(api, c.id), wanted)
             asked = dict(zip(wanted, counts_asked, strict=True))
         for container, count in asked.items():

@@ -8,9 +8,10 @@ used, so that cheap commands and completion start fast.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING
 
 import attrs
@@ -22,6 +23,8 @@ from controller.names import validate_name
 from controller.state import LOCAL_HOST, READY, InstanceRecord, State, StateStore
 
 if TYPE_CHECKING:
+    from controller.dockerapi import DockerAPI
+    from controller.engine import Engine
     from controller.envfile import EnvFile
     from controller.templatefiles import TemplateFiles
 
@@ -175,21 +178,108 @@ def compose(ctx: Context, name: str, sync: bool = True):
     )
 
 
-def docker(ctx: Context | None = None, host: str = LOCAL_HOST):
+# Engine clients kept for the length of one facade call (``engine_clients``): over ssh each
+# connection is an ssh process or a channel, which must not outlive the command that opened it.
+_clients: contextvars.ContextVar[dict[tuple[str, str], Engine] | None] = contextvars.ContextVar(
+    "supabase_manager_engine_clients", default=None
+)
+
+
+@contextlib.contextmanager
+def engine_clients() -> Iterator[None]:
+    """Within it, ``docker()`` hands out one Engine per (ROOT, host), reused (no reconnecting);
+    at its end, errors and Ctrl-C included, every one is closed, so that no connection (over
+    ssh an ssh process or a channel of the master, controller/engine.py) outlives the call.
+    Nested: the outermost closes. The Manager facade runs each of its methods in one
+    (``one_call_each``)."""
+    if _clients.get() is not None:
+        yield
+        return
+    opened: dict[tuple[str, str], Engine] = {}
+    token = _clients.set(opened)
+    try:
+        yield
+    finally:
+        _clients.reset(token)
+        _close_all(opened)
+
+
+def _close_all(opened: dict[tuple[str, str], Engine]) -> None:
+    while opened:
+        _, engine = opened.popitem()
+        with contextlib.suppress(Exception):
+            engine.close()
+
+
+def one_call_each(cls: type) -> type:
+    """Class decorator: each public method runs in its own ``engine_clients()``; an iterator it
+    returns (``logs``) gets clients of its own, closed when it ends or is closed."""
+    import functools
+    import inspect
+
+    def scoped(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def call(*args, **kwargs):
+            with engine_clients():
+                result = method(*args, **kwargs)
+            return _iterate_in_scope(result) if inspect.isgenerator(result) else result
+
+        return call
+
+    for name, value in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(value):
+            setattr(cls, name, scoped(value))
+    return cls
+
+
+def _iterate_in_scope(items: Generator) -> Iterator:
+    """``items`` with one set of clients for all its steps. The scope is entered for each step
+    only, never left open between two: an iterator dropped half-way must not keep the caller's
+    later calls from closing theirs."""
+    opened: dict[tuple[str, str], Engine] = {}
+    try:
+        while True:
+            token = _clients.set(opened) if _clients.get() is None else None
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            finally:
+                if token is not None:
+                    _clients.reset(token)
+            yield item
+    finally:
+        items.close()
+        _close_all(opened)
+
+
+def _engine(ctx: Context | None, host: str) -> Engine:
+    from controller.engine import Engine, EngineAddress
+
+    opened = _clients.get()
+    key = ("", LOCAL_HOST) if ctx is None else (str(ctx.settings.root), host)
+    if opened is not None and key in opened:
+        return opened[key]
+    if ctx is None or host == LOCAL_HOST:
+        engine = Engine(EngineAddress.from_env(), timeout=10)
+    else:
+        engine = Engine(place(ctx, host).engine_address(), timeout=30)
+    if opened is not None:
+        opened[key] = engine
+    return engine
+
+
+def docker(ctx: Context | None = None, host: str = LOCAL_HOST) -> DockerAPI:
     """The Engine API client of ``host``'s engine, checked to answer (DockerUnavailable: one
-    line, exit 1). With ``ctx`` it sees only this ROOT's objects (controller/ownership.py)."""
+    line, exit 1). With ``ctx`` it sees only this ROOT's objects (controller/ownership.py).
+    Inside ``engine_clients()`` (every Manager call) the connection is reused and closed at its
+    end; outside one the caller closes it."""
     from controller.dockerapi import DockerAPI
     from controller.ownership import existing_root_id
 
     # No id yet: nothing of ours can exist, and "-" matches no id ever made.
     root = (existing_root_id(ctx.settings.root) or "-") if ctx is not None else None
-    if host == LOCAL_HOST or ctx is None:
-        api = DockerAPI(root=root)
-    else:
-        from controller.engine import Engine
-
-        engine = Engine(place(ctx, host).engine_address(), timeout=30)
-        api = DockerAPI(engine=engine, root=root)
+    api = DockerAPI(engine=_engine(ctx, host), root=root)
     api.ping()
     return api
 

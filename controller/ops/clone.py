@@ -2,6 +2,10 @@
 own project, ports, containers, network, volumes and routes), then every secret of NEW rotated
 (controller/ops/rotate.py), the asymmetric signing key included and the shared one retired, so
 the two share data and nothing else.
+
+NEW goes to ``--host`` or, without it, where `create` would put it (controller/ops/hosts.py
+``choose``), and claims its name on that engine before anything is made there, as `create`
+does; SRC is backed up on its own host.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import attrs
 from controller.errors import ManagerError, OperationError, UsageError
 from controller.names import validate_new_name
 from controller.ops.base import Context, Progress, check_writable, quiet, record
+from controller.state import LOCAL_HOST
 
 
 @attrs.frozen
@@ -20,25 +25,31 @@ class CloneResult:
     backup: str
     rotated: list[str]
     warnings: list[str]
+    host: str = LOCAL_HOST
 
 
-def clone(ctx: Context, source: str, new: str, progress: Progress = quiet) -> CloneResult:
+def clone(
+    ctx: Context, source: str, new: str, progress: Progress = quiet, host: str | None = None
+) -> CloneResult:
     from controller.ops import backup, restore, rotate
     from controller.ops.upgrade import _hooks
 
-    found = record(ctx, source)
+    record(ctx, source)
     validate_new_name(new)
     if new == source:
         raise UsageError("clone: NEW must differ from SRC")
-    if new in ctx.store.read().instances:
+    state = ctx.store.read()
+    if new in state.instances:
         raise UsageError(f"instance {new!r} already exists")
-    del found
+    restore.check_host(state, host)  # an unknown --host: exit 2, before the backup
     check_writable(ctx)
+    # Where NEW goes is decided before the backup: no host answering fails it before anything.
+    host = restore.destination(ctx, None, host, progress)
     progress(f"backing up {source}")
     snap = backup.backup_instance(ctx.settings, ctx.store, source, ["clone"], progress)
-    progress(f"restoring it as {new}")
+    progress(f"restoring it as {new} on {host}")
     restored = restore.restore(
-        ctx.settings, ctx.store, source, _hooks(ctx), snap.backup, new, progress
+        ctx.settings, ctx.store, source, _hooks(ctx), snap.backup, new, progress, host
     )
     # restore --as warns that NEW keeps SRC's secrets: that is what the rotation below ends.
     warnings = [w for w in restored.warnings if "keeps the secrets" not in w]
@@ -52,4 +63,6 @@ def clone(ctx: Context, source: str, new: str, progress: Progress = quiet) -> Cl
             f"{new} was restored from {source}'s backup {snap.backup} but rotating its secrets "
             f"failed ({exc}): it still shares them with {source}; run `rotate {new} --all`"
         ) from None
-    return CloneResult(source, new, snap.backup, rotated, warnings + list(result.warnings))
+    return CloneResult(
+        source, new, snap.backup, rotated, warnings + list(result.warnings), restored.host
+    )

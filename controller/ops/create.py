@@ -55,6 +55,7 @@ def create(
     validate_name(name)
     if name not in ctx.store.read().instances:
         validate_new_name(name)  # a reserved word is refused for a new instance, not a resume
+    _refuse_restore_left(ctx, name)
     cpus, memory = check_cpus(cpus), check_memory(memory)
     ports = _check_ports(ports)
     overlays = list(dict.fromkeys(overlays or []))
@@ -68,7 +69,7 @@ def create(
     command = "create" + (" --no-start" if not start else "")
     # An unreadable state file stops it before anything, even an audit line.
     pending = None if name in ctx.store.read().instances else _start_studio_hash()
-    asked.host = _host(ctx, name, host)
+    asked.host = _host(ctx, name, host, progress)
     with audited(ctx, command, name), _engine_of(ctx, asked.host):
         api = None
         if start:
@@ -96,6 +97,19 @@ def create(
             return _create_locked(ctx, name, asked, progress, pending, api)
 
 
+def _refuse_restore_left(ctx: Context, name: str) -> None:
+    """Refused (exit 2) while a killed restore of ``name`` left its marker (ROOT/restore/
+    NAME.json, controller/ops/restore.py): its rollback would remove what this create makes.
+    `restore NAME` settles it, and so does `start NAME` while its record is there (a restore's
+    new record is committed with the marker)."""
+    if not (ctx.settings.root / "restore" / f"{name}.json").exists():
+        return
+    also = f" or `start {name}`" if name in ctx.store.read().instances else ""
+    raise UsageError(
+        f"a restore of {name} was interrupted: run `restore {name}`{also} to settle it first"
+    )
+
+
 def _start_studio_hash():
     """The dashboard password of a new instance, chosen now so that its bcrypt hash for Caddy's
     basic auth (~0.3 s) is made in the background while the checks and the render run."""
@@ -118,8 +132,9 @@ def _remember_studio_hash(ctx: Context, name: str, pending) -> None:
             remember_password_hash(studio_hash_cache(ctx.settings, name), pending.password, hashed)
 
 
-def _host(ctx: Context, name: str, host: str | None) -> str:
-    """The host the instance goes to: the one it is half-created on, ``host``, or a choice."""
+def _host(ctx: Context, name: str, host: str | None, progress: Progress = quiet) -> str:
+    """The host the instance goes to: the one it is half-created on, ``host``, or a choice
+    (said through ``progress``: where, and why)."""
     from controller.ops import hosts
 
     state = ctx.store.read()
@@ -132,7 +147,10 @@ def _host(ctx: Context, name: str, host: str | None) -> str:
             )
         return existing.host
     if host is None:
-        return hosts.choose(ctx, state)
+        chosen = hosts.placement(ctx, state)
+        for line in chosen.says():
+            progress(line)
+        return chosen.host
     if host != LOCAL_HOST and host not in state.hosts:
         raise UsageError(f"no host named {host!r} (see `host list`)")
     return host
@@ -299,6 +317,7 @@ def _create_locked(
 ) -> list[str]:
     from controller.render import render_instance
 
+    _refuse_restore_left(ctx, name)  # again under the lock: a restore may have run meanwhile
     with ctx.store.transaction() as state:
         found = _decide(ctx, name, asked, state)
         fresh = name not in state.instances

@@ -194,10 +194,17 @@ def remove(ctx: Context, name: str) -> None:
                     "move or delete them first"
                 )
             files = ssh.SshFiles.of(ctx.settings.root, ctx.settings.ssh_identity)
-            ssh.close_master(files, name)
+            old = ssh.OldBlock.of(files, name)
             del state.hosts[name]
             write_ssh_config(ctx.settings, state)
-        ssh.forget_host_key(files, record)
+            old.end()  # after the rewrite: no new master can start on the old block
+            # Another name for the same machine (e.g. with another data root) still needs its key.
+            shared = any(
+                (other.address, other.port) == (record.address, record.port)
+                for other in state.hosts.values()
+            )
+        if not shared:
+            ssh.forget_host_key(files, record)
 
 
 # --- host list ------------------------------------------------------------------------------------
@@ -285,32 +292,108 @@ def list_hosts(ctx: Context, live: bool = True) -> list[HostSummary]:
 # --- placement -----------------------------------------------------------------------------------
 
 
+# A host has this long to say how much memory it has free (one ssh round trip and a `docker
+# version`); one that hangs is passed over then, and create goes on without it.
+PLACEMENT_TIMEOUT = 5.0
+
+# Asked on the host over ssh (on stdin, nothing on its argv): its engine must answer, then its
+# memory figures.
+_FREE_MEMORY = """docker version --format '{{.Server.Version}}' >/dev/null 2>&1 || {
+  echo "sbm-place no-engine"; exit 0; }
+cat /proc/meminfo
+"""
+
+
+@attrs.frozen
+class Placement:
+    """Where a new instance goes without --host, and why."""
+
+    host: str
+    free: dict[str, int]  # bytes available on each host that answered
+    passed_over: dict[str, str]  # host -> why it was not a candidate (one line)
+    tied: tuple[str, ...] = ()  # other hosts with just as much free memory
+
+    def says(self) -> list[str]:
+        """Progress lines for the user: the hosts passed over, then the choice."""
+        if not self.free and not self.passed_over:
+            return []
+        lines = [f"{host} passed over: {why}" for host, why in self.passed_over.items()]
+        figures = ", ".join(f"{host} {_gib(value)}" for host, value in self.free.items())
+        why = "most free memory" if len(self.free) > 1 else "the only host that answers"
+        tie = f"; tied with {', '.join(self.tied)}, first in order (local, then by name)"
+        lines.append(
+            f"placed on {self.host}: {why} ({figures} available{tie if self.tied else ''})"
+        )
+        return lines
+
+
+def _gib(value: int) -> str:
+    return f"{value / 2**30:.1f} GiB"
+
+
 def choose(ctx: Context, state: State) -> str:
-    """The host for a new instance without --host: the one with the most free memory that
-    answers (local counts as one; alone, it is chosen without asking anything)."""
+    """The host for a new instance without --host (see ``placement``)."""
+    return placement(ctx, state).host
+
+
+def placement(ctx: Context, state: State, timeout: float = PLACEMENT_TIMEOUT) -> Placement:
+    """The host for a new instance without --host: the one with the most free memory whose
+    engine answers within ``timeout`` seconds, all asked side by side; ties go to the first in
+    order, local then the hosts by name. Local alone is chosen without asking anything."""
     if not state.hosts:
-        return LOCAL_HOST
+        return Placement(LOCAL_HOST, {}, {})
     from controller.status import each_host
 
     hosts = [LOCAL_HOST, *sorted(state.hosts)]
-    free, _errors = each_host(hosts, lambda host: free_memory(ctx, state, host))
-    answering = {host: value for host, value in free.items() if value is not None}
+    # ssh gives up a little before the deadline, so no ssh process outlives the choice.
+    free, errors = each_host(
+        hosts, lambda host: free_memory(ctx, state, host, timeout - 0.5), timeout
+    )
+    answering = {host: free[host] for host in hosts if host in free}
     if not answering:
-        raise OperationError("no host answers: cannot place the instance (see `host list`)")
-    # Ties go to the first in order: local, then by name.
-    return max(hosts, key=lambda h: (answering.get(h, -1), -hosts.index(h)))
+        raise OperationError(
+            "no host answers: cannot place the instance (see `host list`): "
+            + "; ".join(f"{host}: {errors.get(host, '?')}" for host in hosts)
+        )
+    most = max(answering.values())
+    best = [host for host in hosts if answering.get(host) == most]
+    passed = {host: errors.get(host, "no answer") for host in hosts if host not in answering}
+    return Placement(best[0], answering, passed, tuple(best[1:]))
 
 
-def free_memory(ctx: Context, state: State, host: str) -> int:
-    """Bytes of memory the host's machine has available (MemAvailable of /proc/meminfo)."""
-    from controller.hosts import place
-
+def free_memory(ctx: Context, state: State, host: str, timeout: float = PLACEMENT_TIMEOUT) -> int:
+    """Bytes of memory the host's machine has available (MemAvailable of /proc/meminfo);
+    OperationError (or SshError) when the host or its Docker engine does not answer."""
     if host == LOCAL_HOST:
+        from controller.dockerapi import DockerAPI
+
+        api = DockerAPI(timeout=timeout)
+        try:
+            api.ping()
+        finally:
+            api.close()
         with open("/proc/meminfo", "rb") as handle:
-            text = handle.read()
+            text = handle.read().decode(errors="replace")
     else:
-        text = place(ctx.settings, state, host).run(["cat", "/proc/meminfo"], timeout=15)
-    for line in text.decode(errors="replace").splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise OperationError(f"host {host}: /proc/meminfo has no MemAvailable")
+        from controller import ssh
+        from controller.hosts import place
+
+        found = place(ctx.settings, state, host)
+        text = ssh.script(found.ssh_files(), host, _FREE_MEMORY, timeout).decode(errors="replace")
+        if text.startswith("sbm-place no-engine"):
+            raise OperationError(f"host {host}: its Docker engine does not answer")
+    return _available(host, text)
+
+
+def _available(host: str, meminfo: str) -> int:
+    fields = {}
+    for line in meminfo.splitlines():
+        key, _, rest = line.partition(":")
+        words = rest.split()
+        if words and words[0].isdigit():
+            fields[key.strip()] = int(words[0]) * 1024
+    if "MemAvailable" in fields:
+        return fields["MemAvailable"]
+    if "MemFree" in fields:  # kernels before 3.14: free plus what the page cache can give back
+        return fields["MemFree"] + fields.get("Buffers", 0) + fields.get("Cached", 0)
+    raise OperationError(f"host {host}: /proc/meminfo says nothing of free memory")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, NamedTuple
 
 from controller import faults
 from controller.errors import DockerUnavailable, ManagerError, OperationError, UsageError
@@ -31,7 +32,10 @@ from controller.ops.base import (
     record,
     require_ready,
 )
-from controller.state import READY
+from controller.state import READY, InstanceRecord
+
+if TYPE_CHECKING:
+    from controller.dockerapi import DockerAPI
 
 
 def wait_healthy(
@@ -40,13 +44,19 @@ def wait_healthy(
     progress: Progress,
     services: list[str] | None = None,
     timeout: float | None = None,
+    *,
+    host: str | None = None,
+    found: InstanceRecord | None = None,
 ) -> None:
     """Wait until the containers (of ``services``, or all) run, healthy where they have a
-    healthcheck; a one-shot job only has to exit 0."""
+    healthcheck; a one-shot job only has to exit 0. On the engine of ``host`` (named in the
+    messages; default: the host the record names), going by ``found`` (default: the record in
+    the state): a move waits for a copy that its record does not name yet."""
     from controller.status import job_done
 
-    found = record(ctx, name)
-    api = docker(ctx, found.host)
+    found = found or record(ctx, name)
+    api = docker(ctx, host or found.host)
+    there = f" on {host}" if host else ""
     one_shot = jobs(ctx, found)
     deadline = time.monotonic() + (WAIT_TIMEOUT if timeout is None else timeout)
     last = ""
@@ -59,7 +69,7 @@ def wait_healthy(
             and not job_done(c, one_shot)
         ]
         if containers and not waiting:
-            progress(f"{name}: all {len(containers)} services are up")
+            progress(f"{name}: all {len(containers)} services are up{there}")
             return
         words = sorted(f"{c.service}: {c.health or c.state}" for c in waiting)
         line = "waiting for " + ", ".join(words) if words else "waiting for containers"
@@ -74,7 +84,7 @@ def wait_healthy(
                 if culprit
                 else "its containers"
             )
-            raise OperationError(f"{name}: {what} did not become healthy")
+            raise OperationError(f"{name}: {what} did not become healthy{there}")
         time.sleep(0.5)
 
 
@@ -106,6 +116,45 @@ def own_project(ctx: Context, name: str):
     return api
 
 
+class Held(NamedTuple):
+    """What ``held`` hands its body: the record read under the lock, the services asked for
+    (checked), and the engine client of the instance's host."""
+
+    found: InstanceRecord
+    services: list[str] | None
+    api: DockerAPI
+
+
+@contextlib.contextmanager
+def held(
+    ctx: Context,
+    verb: str,
+    name: str,
+    services: list[str] | None,
+    progress: Progress = quiet,
+    recover: Callable[[str, Progress], object] | None = None,
+) -> Iterator[Held]:
+    """The guarded preamble of start, stop and restart: an unknown name refused before its lock
+    file is made, the ROOT writable, one audit line, the instance's lock, ``recover`` (a killed
+    restore or move finished or undone), a ready record, known services, and a compose project
+    that holds only this ROOT's containers."""
+    record(ctx, name)  # an unknown name is refused before its lock file is made
+    check_writable(ctx)
+    with audited(ctx, _verb(verb, services), name), busy(ctx, name):
+        if recover is not None:
+            recover(name, progress)
+            if name not in ctx.store.read().instances:
+                # A killed restore that was making NAME anew was undone: nothing is left to act on.
+                raise OperationError(
+                    f"{name} was being made by a restore that was interrupted; that restore is "
+                    f"undone and {name} no longer exists: run the restore again"
+                )
+        found = record(ctx, name)
+        require_ready(found)
+        services = check_services(ctx, found, services)
+        yield Held(found, services, own_project(ctx, name))
+
+
 def start(
     ctx: Context,
     name: str,
@@ -115,15 +164,7 @@ def start(
 ) -> None:
     """``recover(name, progress)`` runs first under the instance's lock (a killed restore is
     finished or undone there)."""
-    record(ctx, name)  # an unknown name is refused before its lock file is made
-    check_writable(ctx)
-    with audited(ctx, _verb("start", services), name), busy(ctx, name):
-        if recover is not None:
-            recover(name, progress)
-        found = record(ctx, name)
-        require_ready(found)
-        services = check_services(ctx, found, services)
-        api = own_project(ctx, name)
+    with held(ctx, "start", name, services, progress, recover) as (found, services, api):
         claims.ensure(ctx, api, found)  # made now if Docker was down at `create --no-start`
         # Marked before `up`: a crash half-way still leaves containers that delete must find.
         _mark(ctx, name, autostart=True if not services else None, started=True)
@@ -154,13 +195,7 @@ def start_all(
 def stop(
     ctx: Context, name: str, services: list[str] | None = None, progress: Progress = quiet
 ) -> None:
-    record(ctx, name)
-    check_writable(ctx)
-    with audited(ctx, _verb("stop", services), name), busy(ctx, name):
-        found = record(ctx, name)
-        require_ready(found)
-        services = check_services(ctx, found, services)
-        own_project(ctx, name)
+    with held(ctx, "stop", name, services) as (_, services, _api):
         progress(f"stopping {name}")
         compose(ctx, name).stop(services)
         if not services:
@@ -170,13 +205,7 @@ def stop(
 def restart(
     ctx: Context, name: str, services: list[str] | None = None, progress: Progress = quiet
 ) -> None:
-    record(ctx, name)
-    check_writable(ctx)
-    with audited(ctx, _verb("restart", services), name), busy(ctx, name):
-        found = record(ctx, name)
-        require_ready(found)
-        services = check_services(ctx, found, services)
-        own_project(ctx, name)
+    with held(ctx, "restart", name, services) as (_, services, _api):
         progress(f"restarting {name}")
         _mark(ctx, name, started=True)
         # `up` recreates containers whose configuration (.env) changed; restart the rest.

@@ -40,6 +40,7 @@ from controller.ops.base import (
     record,
     require_ready,
 )
+from controller.ops.lifecycle import wait_healthy
 from controller.state import LOCAL_HOST, READY, InstanceRecord, MoveRecord
 
 COPYING = "copying"
@@ -87,41 +88,6 @@ def _compose(ctx: Context, name: str, where):
     return compose_at(ctx.settings, name, where)
 
 
-def _wait_healthy(ctx: Context, name: str, where, found: InstanceRecord, progress) -> None:
-    """Every container of ``name`` on ``where`` running (healthy where it has a check), a
-    one-shot job exited 0."""
-    from controller.ops.base import WAIT_TIMEOUT, jobs
-    from controller.status import job_done
-
-    api = _api(ctx, where)
-    one_shot = jobs(ctx, found)
-    deadline = time.monotonic() + WAIT_TIMEOUT
-    last = ""
-    while True:
-        containers = api.containers(name)
-        waiting = [
-            c
-            for c in containers
-            if not (c.state == "running" and c.health in (None, "healthy"))
-            and not job_done(c, one_shot)
-        ]
-        if containers and not waiting:
-            progress(f"{name}: all {len(containers)} services are up on {where.host}")
-            return
-        line = "waiting for " + ", ".join(
-            sorted(f"{c.service}: {c.health or c.state}" for c in waiting)
-        )
-        if line != last:
-            progress(line)
-            last = line
-        failed = [c for c in waiting if c.state in ("exited", "dead")]
-        if failed or time.monotonic() > deadline:
-            culprit = (failed or waiting or [None])[0]
-            what = f"service {culprit.service}" if culprit else "its containers"
-            raise OperationError(f"{name}: {what} did not become healthy on {where.host}")
-        time.sleep(0.5)
-
-
 def _remove_copy(ctx: Context, name: str, where, image: str | None, folder_too: bool) -> None:
     """Containers, network and volumes of ``name`` on ``where``'s engine and, for another
     machine, its folder there (``folder_too``)."""
@@ -133,7 +99,8 @@ def _remove_copy(ctx: Context, name: str, where, image: str | None, folder_too: 
     with contextlib.suppress(Exception):
         release(api.engine, api.root, name)
     with containerio.engine(where.docker_env()):
-        # Volumes a restore made carry the compose project's labels, not this ROOT's.
+        # Also the project's volumes without this ROOT's label (a restore's, made before
+        # restores labelled them), which remove_instance_leftovers does not see.
         for volume in _project_volumes(name):
             containerio.remove_volume(volume)
         if folder_too and not where.local and image:
@@ -260,7 +227,10 @@ def _copy_to(ctx, found: InstanceRecord, target, restic, manifest, progress) -> 
         folder.rename(aside)
     restore._ensure_template(ctx.settings, ctx.store, restic, manifest, progress)
     with containerio.engine(target.docker_env()):
-        restore.materialize(restic, manifest, folder, name, progress, target)
+        # The volumes carry this ROOT's labels, as compose's would: a later `delete` (no
+        # --purge) keeps them as this ROOT's, for `restore` to set aside.
+        owner = restore.owner_labels(ctx.settings, name)
+        restore.materialize(restic, manifest, folder, name, progress, target, owner=owner)
     files = template(ctx, found.template)
     # New ports, unique across hosts (the old copy holds its own until it is removed), free on
     # the target's engine; claimed there like a create's (controller/ownership.py).
@@ -284,7 +254,7 @@ def _copy_to(ctx, found: InstanceRecord, target, restic, manifest, progress) -> 
         restore.to_host(restic, manifest, folder, target, progress)
     progress(f"starting {name} on {target.host}")
     _compose(ctx, name, target).up()
-    _wait_healthy(ctx, name, target, moved, progress)
+    wait_healthy(ctx, name, progress, host=target.host, found=moved)
     if not found.autostart:
         _compose(ctx, name, target).stop()
     return moved
@@ -332,7 +302,7 @@ def _undo(ctx: Context, name: str, progress: Progress) -> None:
         source = _place(ctx, found.host)
         progress(f"starting {name} on {found.host} again")
         _compose(ctx, name, source).up()
-        _wait_healthy(ctx, name, source, found, progress)
+        wait_healthy(ctx, name, progress, host=source.host, found=found)
 
 
 def _finish(ctx: Context, name: str, progress: Progress) -> bool:

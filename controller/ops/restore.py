@@ -5,6 +5,12 @@ In place, the current data is moved aside first (folder renamed, named volumes c
 removed once the restored instance is healthy; if it does not become healthy the aside copy is
 put back. A marker file (ROOT/restore/NAME.json) records how far a restore got, so that a killed
 restore is finished or rolled back by the next `restore` or `start` of that instance.
+
+Where: in place, on the instance's own host. A new instance (``--as``, `clone`, or one that
+was deleted) goes to ``--host``, else (deleted) the host its backup was taken on when that host
+is still known, else where `create` would put it (controller/ops/hosts.py ``choose``); it claims
+its name on that engine first, as `create` does (controller/ownership.py). ``--dry-run`` proves
+the backup on the instance's host (or ``--host``) and leaves nothing there or here.
 """
 
 from __future__ import annotations
@@ -14,8 +20,8 @@ import json
 import secrets
 import shutil
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePosixPath
 
 import attrs
 
@@ -63,6 +69,7 @@ class RestoreResult:
     created: bool
     ports_changed: dict[str, int]
     warnings: list[str]
+    host: str = LOCAL_HOST
 
 
 @attrs.frozen
@@ -78,6 +85,7 @@ class DryRunResult:
     backup: str
     ok: bool
     checks: list[Check]
+    host: str = LOCAL_HOST
 
 
 # --- finding the backup ------------------------------------------------------------------------
@@ -115,8 +123,17 @@ def _aside_dir(settings: Settings, name: str) -> Path:
 
 
 # --- putting data in place ----------------------------------------------------------------------
-def _volume_labels(project: str, key: str) -> dict[str, str]:
-    return {"com.docker.compose.project": project, "com.docker.compose.volume": key}
+def _volume_labels(project: str, key: str, owner: Mapping[str, str] = ()) -> dict[str, str]:
+    """A restored volume's labels: compose's, and this ROOT's (``owner``) as compose would put
+    them, so that a later restore or `delete` sees it as this ROOT's own."""
+    return {**dict(owner), "com.docker.compose.project": project, "com.docker.compose.volume": key}
+
+
+def owner_labels(settings: Settings, project: str) -> dict[str, str]:
+    from controller.labels import INSTANCE_LABEL, ROOT_LABEL
+    from controller.ownership import root_id
+
+    return {INSTANCE_LABEL: project, ROOT_LABEL: root_id(settings.root)}
 
 
 def _stream_in(
@@ -141,11 +158,14 @@ def materialize(
     project: str,
     progress: Progress,
     where=None,
+    there: PurePosixPath | None = None,
+    owner: Mapping[str, str] = (),
 ) -> None:
     """The backup's folder, volumes and database files for compose project ``project``, on
     the host ``where`` (a controller.hosts.Place; None: this machine) whose engine the caller
     made current (containerio.engine). The folder is restored here; for another host it is
-    copied there, and then ``put_binds`` fills its bind mounts there."""
+    copied there (to ``there``, default the instance folder of ``folder``'s name), and then
+    ``put_binds`` fills its bind mounts there. ``owner``: labels the volumes also get."""
     ensure_dir(folder.parent, 0o755)
     ensure_dir(folder, 0o700)
     name = manifest.instance
@@ -156,7 +176,7 @@ def materialize(
         for key in sorted(manifest.volumes):
             volume = f"{project}_{key}"
             containerio.remove_volume(volume)
-            containerio.create_volume(volume, _volume_labels(project, key))
+            containerio.create_volume(volume, _volume_labels(project, key, owner))
             mounts[key] = volume
         progress(f"restoring volumes {', '.join(mounts)}")
         path = "/" + bp.stdin_name(name, "volumes")
@@ -167,13 +187,12 @@ def materialize(
         if pgdata.type == "volume":
             mount = f"{project}_{pgdata.source}"
             containerio.remove_volume(mount)
-            containerio.create_volume(mount, _volume_labels(project, pgdata.source))
+            containerio.create_volume(mount, _volume_labels(project, pgdata.source, owner))
         elif where is not None and not where.local:
             # A path on that host: the engine makes it; the host's copy was removed or set aside.
             source = Path(pgdata.source)
-            mount = str(
-                source if source.is_absolute() else where.instance_dir(folder.name) / source
-            )
+            base = there or where.instance_dir(folder.name)
+            mount = str(source if source.is_absolute() else base / source)
         else:
             path = Path(pgdata.source)
             path = path if path.is_absolute() else folder / path
@@ -188,16 +207,22 @@ def materialize(
 
 
 def put_binds(
-    restic: Restic, manifest: bp.Manifest, folder: Path, where, progress: Progress
+    restic: Restic,
+    manifest: bp.Manifest,
+    folder: Path,
+    where,
+    progress: Progress,
+    there: PurePosixPath | None = None,
 ) -> None:
     """The bind-mounted data of the backup (storage files, functions...) where the engine of
-    ``where`` reads it, once the folder is there: from the backup's ``binds`` part (taken on
+    ``where`` reads it (for another host: in ``there``, default the instance folder of
+    ``folder``'s name), once the folder is there: from the backup's ``binds`` part (taken on
     another host), else, for another host, from the folder restored here."""
     import subprocess
 
     helper = _db_image(manifest)
     remote = where is not None and not where.local
-    target = str(where.instance_dir(folder.name)) if remote else str(folder.resolve())
+    target = str(there or where.instance_dir(folder.name)) if remote else str(folder.resolve())
     if "binds" in manifest.parts:
         progress("restoring the bind-mounted data")
         path = "/" + bp.stdin_name(manifest.instance, "binds")
@@ -244,16 +269,118 @@ def _ensure_template(settings, store, restic: Restic, manifest: bp.Manifest, pro
         )
 
 
-def _choose_ports(settings, store, record: InstanceRecord, own: str) -> dict[str, int]:
-    """The snapshot's ports where they are free, the lowest free ones of the range elsewhere."""
-    from controller.ports import allocate, host_port_free
+def _port_rules(api, where) -> tuple[set[int], Callable[[int], bool]]:
+    """What a new instance's ports are chosen against, asked of the engine before the state
+    lock is taken: the ports other ROOTs' instances hold there, and whether a port is free on
+    the machine of ``where`` (this one: its sockets; another: its engine's published ports)."""
+    from controller.ops.create import _engine_port_free, _engine_ports
+    from controller.ports import host_port_free
 
-    used = store.read().used_ports(exclude=own)
-    keep = {k: p for k, p in record.ports.items() if p not in used and host_port_free(p)}
-    return allocate(list(record.ports), keep, used, settings.port_range)
+    return _engine_ports(api), host_port_free if where.local else _engine_port_free(api)
+
+
+def _choose_ports(
+    settings, state, record: InstanceRecord, own: str, reserved: set[int], is_free
+) -> dict[str, int]:
+    """The snapshot's ports where they are free, the lowest free ones of the range elsewhere:
+    unique across hosts (``state``, read under its lock), held by no other ROOT's instance on
+    the engine (``reserved``) and free there (``is_free``)."""
+    from controller.ports import allocate
+
+    used = state.used_ports(exclude=own) | reserved
+    keep = {k: p for k, p in record.ports.items() if p not in used and is_free(p)}
+    return allocate(list(record.ports), keep, used, settings.port_range, is_free)
+
+
+# --- where it goes ------------------------------------------------------------------------------
+def _known(state, host: str) -> bool:
+    return host == LOCAL_HOST or host in state.hosts
+
+
+def check_host(state, host: str | None) -> None:
+    """An unknown ``--host`` is refused (exit 2) before anything is read or written."""
+    if host is not None and not _known(state, host):
+        raise UsageError(f"no host named {host!r} (see `host list`)")
+
+
+def destination(
+    ctx, manifest: bp.Manifest | None, host: str | None, progress: Progress = _quiet
+) -> str:
+    """The host a new instance restored from ``manifest`` goes to: ``host`` when given; else,
+    for an instance put back under its own name (``manifest`` given), the host its backup was
+    taken on while that host is known; else where `create` would put it (said through
+    ``progress``, as `create` says it)."""
+    from controller.ops import hosts
+
+    state = ctx.store.read()
+    check_host(state, host)
+    if host is not None:
+        return host
+    if manifest is not None and _known(state, manifest.host()):
+        if state.hosts:
+            progress(f"restoring on {manifest.host()}, the host its backup was taken on")
+        return manifest.host()
+    chosen = hosts.placement(ctx, state)
+    for line in chosen.says():
+        progress(line)
+    return chosen.host
+
+
+def _claim_new(ctx, api, where, record: InstanceRecord) -> None:
+    """The new instance's claim on the engine of its host (controller/ownership.py), made once
+    its record is committed, as `create` does (a concurrent create's sweep keeps the claim of a
+    committed record): UsageError (exit 2) when another ROOT made it meanwhile."""
+    from controller.ownership import claim, root_id
+    from controller.ownership import where as root_place
+
+    with containerio.engine(where.docker_env()):
+        claim(
+            api.engine,
+            root_id(ctx.settings.root),
+            root_place(ctx.settings.root),
+            record.name,
+            set(record.ports.values()),
+        )
+
+
+def _release_claim(settings: Settings, store: StateStore, name: str, host: str) -> None:
+    """Drop the claim a restore that created ``name`` made (its engine gone: a later `create`
+    or `delete` sweeps it)."""
+    from controller.ops.base import Context, docker
+    from controller.ownership import release, root_id
+
+    with contextlib.suppress(Exception):
+        api = docker(Context(settings, store), host)
+        release(api.engine, root_id(settings.root), name)
 
 
 # --- the use case -------------------------------------------------------------------------------
+def check_request(settings: Settings, state, name: str, as_name: str | None, host: str | None):
+    """The refusals (UsageError, exit 2) a restore makes before it reads the backup, for a
+    front-end to ask before its "replace the data?" question: bad names, an unknown ``host``,
+    an ``as_name`` taken, or another host than its own for an instance restored in place."""
+    validate_name(name)
+    target = as_name or name
+    if as_name:
+        validate_new_name(as_name)  # a new instance may not take a reserved word
+    check_host(state, host)
+    existing = state.instances.get(target)
+    if as_name:
+        if existing is not None:
+            raise UsageError(f"instance {as_name!r} already exists: pick another name for --as")
+        mine = set(settings.hosts(as_name).values())
+        for other in state.instances:
+            if mine & set(settings.hosts(other).values()):
+                raise UsageError(
+                    f"instance name {as_name!r} would share a host name with instance {other!r}"
+                )
+    elif existing is not None and host is not None and host != existing.host:
+        raise UsageError(
+            f"{target} runs on host {existing.host}: it is restored there "
+            f"(`move {target} --to {host}` takes it to {host})"
+        )
+
+
 def restore(
     settings: Settings,
     store: StateStore,
@@ -262,27 +389,18 @@ def restore(
     ref: str | None = None,
     as_name: str | None = None,
     progress: Progress = _quiet,
+    host: str | None = None,
 ) -> RestoreResult:
-    validate_name(name)
+    """Restore ``name`` in place (on its host), as the deleted ``name`` or as ``as_name`` (on
+    ``host``, see ``destination``)."""
+    check_request(settings, store.read(), name, as_name, host)
     target = as_name or name
-    if as_name:
-        validate_new_name(as_name)  # a new instance may not take a reserved word
-    else:
-        validate_name(target)  # putting back an instance keeps the name it had
-    if as_name:
-        state = store.read()
-        if as_name in state.instances:
-            raise UsageError(f"instance {as_name!r} already exists: pick another name for --as")
-        mine = set(settings.hosts(as_name).values())
-        for other in state.instances:
-            if mine & set(settings.hosts(other).values()):
-                raise UsageError(
-                    f"instance name {as_name!r} would share a host name with instance {other!r}"
-                )
     restic, _ = bp.open_repository(settings)
     snap, manifest = find_backup(restic, name, ref)
     with instance_lock(settings, target):
-        return _restore_locked(settings, store, restic, snap, manifest, target, hooks, progress)
+        return _restore_locked(
+            settings, store, restic, snap, manifest, target, hooks, progress, host, bool(as_name)
+        )
 
 
 def restore_locked(
@@ -301,15 +419,26 @@ def restore_locked(
     return _restore_locked(settings, store, restic, snap, manifest, name, hooks, progress)
 
 
-def _restore_locked(settings, store, restic, snap, manifest, target, hooks, progress):
+def _restore_locked(
+    settings, store, restic, snap, manifest, target, hooks, progress, host=None, renamed=False
+):
+    from controller.ops.base import Context, docker
+
     recover(settings, store, target, hooks, progress)
+    ctx = Context(settings, store)
     existing = store.read().instances.get(target)
-    # Onto the instance's host (a new instance: this machine); its engine for every docker run.
-    where = _place(settings, store, existing.host if existing else LOCAL_HOST)
+    if existing is None:
+        # A new instance: --host, the host its backup was taken on (the same name), or a choice.
+        host = destination(ctx, None if renamed else manifest, host, progress)
+    else:
+        host = existing.host
+    where = _place(settings, store, host)
+    api = docker(ctx, host)  # its engine answers (DockerUnavailable: exit 1, nothing changed)
+    # Every docker run of the restore goes to that engine.
     with containerio.engine(where.docker_env()):
         if existing is not None:
             return _in_place(settings, store, restic, snap, manifest, existing, hooks, progress)
-        return _fresh(settings, store, restic, snap, manifest, target, hooks, progress)
+        return _fresh(settings, store, restic, snap, manifest, target, hooks, progress, api, where)
 
 
 def _place(settings: Settings, store: StateStore, host: str | None):
@@ -361,19 +490,28 @@ def drop_local_binds(folder: Path, binds) -> None:
                     child.unlink()
 
 
-def to_host(restic, manifest: bp.Manifest, folder: Path, where, progress: Progress) -> None:
-    """The folder rendered here copied to another host, and the backup's bind-mounted data
-    put there (nothing to do for this machine but data from a backup taken elsewhere)."""
+def to_host(
+    restic,
+    manifest: bp.Manifest,
+    folder: Path,
+    where,
+    progress: Progress,
+    there: PurePosixPath | None = None,
+) -> None:
+    """The folder rendered here copied to another host (to ``there``, default the instance
+    folder of ``folder``'s name), and the backup's bind-mounted data put there (nothing to do
+    for this machine but data from a backup taken elsewhere)."""
     if where is not None and not where.local:
         from controller.remotefiles import sync_folder
         from controller.templatefiles import TemplateFiles
 
-        put_binds(restic, manifest, folder, where, progress)
+        there = there or where.instance_dir(folder.name)
+        put_binds(restic, manifest, folder, where, progress, there)
         overlays = list(manifest.record.get("overlays") or [])
         db_service = TemplateFiles(folder).role("db", overlays)
         drop_local_binds(folder, bp.plan_for(folder, db_service).binds)
         progress(f"copying the folder of {folder.name} to {where.host}")
-        sync_folder(where, folder, where.instance_dir(folder.name))
+        sync_folder(where, folder, there)
     else:
         put_binds(restic, manifest, folder, where, progress)
 
@@ -414,7 +552,9 @@ def _set_aside(settings, name: str, image: str | None, marker: dict, progress, w
     _write_marker(settings, name, marker)
 
 
-def _marker(settings, name: str, manifest: bp.Manifest, record, image) -> dict:
+def _marker(settings, name: str, manifest: bp.Manifest, record, image, host=None, ports=None):
+    """What a restore notes before it changes anything: for a new instance (``record`` None)
+    the host it goes to and the ports it was given (claimed there already)."""
     return {
         "phase": "aside",
         "backup": manifest.id,
@@ -423,7 +563,8 @@ def _marker(settings, name: str, manifest: bp.Manifest, record, image) -> dict:
         "volumes": [],
         "image": image,
         "created": record is None,
-        "host": record.host if record is not None else LOCAL_HOST,
+        "host": record.host if record is not None else (host or LOCAL_HOST),
+        "ports": dict(record.ports) if record is not None else dict(ports or {}),
     }
 
 
@@ -435,18 +576,75 @@ def _in_place(settings, store, restic, snap, manifest, existing, hooks, progress
     name = existing.name
     marker = _marker(settings, name, manifest, existing, _db_image(manifest))
     where = _place(settings, store, existing.host)
-    _set_aside(settings, name, marker["image"], marker, progress, where)
-    return _finish(settings, store, restic, snap, manifest, name, existing, hooks, progress, marker)
+
+    def aside() -> None:
+        _set_aside(settings, name, marker["image"], marker, progress, where)
+
+    return _finish(
+        settings, store, restic, snap, manifest, name, existing, hooks, progress, marker, aside
+    )
 
 
-def _fresh(settings, store, restic, snap, manifest, target, hooks, progress):
-    # A folder and volumes kept by `delete` without --purge are set aside like live data.
-    marker = _marker(settings, target, manifest, None, _db_image(manifest))
-    _set_aside(settings, target, marker["image"], marker, progress)
-    return _finish(settings, store, restic, snap, manifest, target, None, hooks, progress, marker)
+def _new_record(manifest: bp.Manifest, target: str, host: str) -> InstanceRecord:
+    record = converter.structure(dict(manifest.record), InstanceRecord)
+    record.name = target
+    record.move = None  # a backup taken by a `move` records it under way
+    record.host = host
+    return record
 
 
-def _finish(settings, store, restic, snap, manifest, target, existing, hooks, progress, marker):
+def _fresh(settings, store, restic, snap, manifest, target, hooks, progress, api, where):
+    """A new instance: refused (exit 2, nothing written) when another ROOT's or a hand-run
+    stack's objects hold its name on that engine; else its record (phase "creating": `list`
+    shows it incomplete), its ports and the marker are committed in one transaction before the
+    claim is made, as `create` does: a concurrent create's sweep keeps the claim of a committed
+    record (controller/ownership.py), other creates see its ports taken, and `host remove`
+    refuses its host meanwhile. From there on any failure is rolled back (_finish)."""
+    from controller.ops.base import Context
+    from controller.ops.create import _refuse_foreign
+
+    ctx = Context(settings, store)
+    _ensure_template(settings, store, restic, manifest, progress)
+    record = _new_record(manifest, target, where.host)
+    _refuse_foreign(ctx, api, record)
+    reserved, is_free = _port_rules(api, where)
+    image = _db_image(manifest)
+    with store.transaction() as state:
+        if target in state.instances:
+            raise UsageError(f"instance {target!r} already exists")
+        record.ports = _choose_ports(settings, state, record, target, reserved, is_free)
+        record.phase = CREATING
+        record.started = True  # a `delete` after a kill looks for its containers
+        state.instances[target] = record
+        marker = _marker(settings, target, manifest, None, image, where.host, record.ports)
+        # Before the commit: a kill between the two leaves a marker whose rollback is a no-op.
+        _write_marker(settings, target, marker)
+
+    def claim_and_aside() -> None:
+        _claim_new(ctx, api, where, record)
+        # A folder and volumes kept by `delete` without --purge are set aside like live data.
+        _set_aside(settings, target, image, marker, progress, where)
+
+    return _finish(
+        settings,
+        store,
+        restic,
+        snap,
+        manifest,
+        target,
+        None,
+        hooks,
+        progress,
+        marker,
+        claim_and_aside,
+    )
+
+
+def _finish(
+    settings, store, restic, snap, manifest, target, existing, hooks, progress, marker, prepare
+):
+    """``prepare()`` (the claim, moving the current data aside), then the backup put in place
+    and started; any failure on the way rolls back to what was there (the marker)."""
     from controller.render import render_instance
     from controller.templatefiles import TemplateFiles
 
@@ -454,21 +652,21 @@ def _finish(settings, store, restic, snap, manifest, target, existing, hooks, pr
     where = _place(settings, store, marker.get("host"))
     # The database goes back in time: its next backup must not take it for unchanged.
     bp.remember_db_snapshot(settings, None, target, None, None)
+    prepared = False
     try:
+        prepare()
+        prepared = True
         _ensure_template(settings, store, restic, manifest, progress)
         folder = settings.instance_dir(target)
-        materialize(restic, manifest, folder, target, progress, where)
-        record = converter.structure(dict(manifest.record), InstanceRecord)
-        record.name = target
-        record.move = None  # a backup taken by a `move` records it under way
-        record.host = existing.host if existing else LOCAL_HOST
+        owner = owner_labels(settings, target)
+        materialize(restic, manifest, folder, target, progress, where, owner=owner)
+        record = _new_record(manifest, target, where.host)
         record.created_at = existing.created_at if existing else record.created_at
         before = dict(record.ports)
-        record.ports = (
-            dict(existing.ports) if existing else _choose_ports(settings, store, record, target)
-        )
+        # In place: the ports it has; new: those chosen and claimed before it began.
+        record.ports = dict(existing.ports) if existing else dict(marker["ports"])
         changed = {k: p for k, p in record.ports.items() if before.get(k) != p}
-        moved = record.host != (manifest.record.get("host") or LOCAL_HOST)
+        moved = record.host != manifest.host()
         if target != manifest.instance or changed or moved:
             files = TemplateFiles(settings.template_dir(record.template))
             render_instance(settings, record, files, [])
@@ -491,6 +689,8 @@ def _finish(settings, store, restic, snap, manifest, target, existing, hooks, pr
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise  # the marker stays: the next restore or start rolls back
         _rollback(settings, store, target, hooks, marker, progress)
+        if isinstance(exc, UsageError) and not prepared:
+            raise  # the name claimed by another ROOT meanwhile: refused, as `create` does
         what = "put back what was there" if not marker["created"] else f"removed {target} again"
         raise OperationError(f"restore of {target} failed ({reason}); {what}") from None
     marker["phase"] = "cleanup"
@@ -512,6 +712,7 @@ def _finish(settings, store, restic, snap, manifest, target, existing, hooks, pr
         created=bool(marker["created"]),
         ports_changed=changed,
         warnings=warnings,
+        host=record.host,
     )
 
 
@@ -559,7 +760,8 @@ def _rollback(settings, store, name, hooks: Hooks, marker: dict, progress: Progr
         if original_gone and containerio.volume_exists(copy):
             containerio.remove_volume(volume)
             key = volume.removeprefix(f"{name}_")
-            containerio.copy_volume(marker["image"], copy, volume, _volume_labels(name, key))
+            labels = _volume_labels(name, key, owner_labels(settings, name))
+            containerio.copy_volume(marker["image"], copy, volume, labels)
     with store.transaction() as state:
         if marker["record"] is not None:
             state.instances[name] = converter.structure(marker["record"], InstanceRecord)
@@ -568,6 +770,7 @@ def _rollback(settings, store, name, hooks: Hooks, marker: dict, progress: Progr
     if marker["record"] is None:
         with contextlib.suppress(ManagerError):
             hooks.unpublish(name)
+        _release_claim(settings, store, name, where.host)
     elif marker["record"].get("autostart", True) and (folder / ".env").is_file():
         with contextlib.suppress(ManagerError):
             _compose(settings, name, where).up()
@@ -622,10 +825,14 @@ def _dryrun_overlay(folder: Path, project: str) -> Path:
     return path
 
 
-def _compose_argv(folder: Path, project: str, overlay: Path) -> list[str]:
+def _compose_argv(
+    folder: Path, project: str, overlay: Path, there: PurePosixPath | None = None
+) -> list[str]:
+    """compose of the throwaway project: the files and .env read here, relative bind mounts
+    resolved against ``there`` (the folder's copy on another host) when given."""
     from controller.render import compose_files
 
-    argv = ["compose", "-p", project, "--project-directory", str(folder)]
+    argv = ["compose", "-p", project, "--project-directory", str(there or folder)]
     for path in [*compose_files(folder), overlay]:
         argv += ["-f", str(path)]
     return [*argv, "--env-file", str(folder / ".env")]
@@ -652,21 +859,60 @@ def _wait_container(container: str, timeout: float = 180) -> None:
         time.sleep(0.5)
 
 
+def dry_host(ctx, name: str, manifest: bp.Manifest, host: str | None) -> str:
+    """Where ``restore --dry-run`` proves a backup: ``host``, else the instance's own host,
+    else (deleted) the host its backup was taken on while known, else this machine."""
+    state = ctx.store.read()
+    check_host(state, host)
+    if host is not None:
+        return host
+    if name in state.instances:
+        return state.instances[name].host
+    return manifest.host() if _known(state, manifest.host()) else LOCAL_HOST
+
+
 def dry_run(
-    settings: Settings, name: str, ref: str | None = None, progress: Progress = _quiet
+    settings: Settings,
+    name: str,
+    ref: str | None = None,
+    progress: Progress = _quiet,
+    host: str | None = None,
 ) -> DryRunResult:
-    from controller.envfile import EnvFile
+    """Restore the backup into a throwaway project on the instance's host (no port, no
+    route), start its database, check it, and remove everything again, there and here."""
+    from controller.ops.base import Context, docker
 
     validate_name(name)
+    ctx = Context.of(settings)
+    check_host(ctx.store.read(), host)
     restic, _ = bp.open_repository(settings)
     _, manifest = find_backup(restic, name, ref)
+    host = dry_host(ctx, name, manifest, host)
+    where = _place(settings, ctx.store, host)
+    docker(ctx, host)  # its engine answers (DockerUnavailable: exit 1)
+    with containerio.engine(where.docker_env()):
+        checks = _dry_run_on(settings, restic, manifest, where, progress)
+    return DryRunResult(name, manifest.id, all(c.ok for c in checks), checks, host)
+
+
+def _dry_run_on(settings, restic, manifest: bp.Manifest, where, progress) -> list[Check]:
+    """The throwaway restore on ``where``'s engine (made current by the caller). For another
+    host the folder is restored here, then copied to a hidden folder beside the instance
+    folders there (a name no instance can have), which the database's bind mounts use."""
+    from controller.envfile import EnvFile
+
     token = secrets.token_hex(4)
     project = f"sbm_dryrun_{token}"
     folder = _restore_dir(settings) / f"dryrun-{token}"
+    there = None if where.local else where.instance_dir(f".dryrun-{token}")
+    image = _db_image(manifest)
     checks: list[Check] = []
     overlay = None
     try:
-        materialize(restic, manifest, folder, project, progress)
+        owner = owner_labels(settings, project)
+        materialize(restic, manifest, folder, project, progress, where, there, owner)
+        if "binds" in manifest.parts:
+            put_binds(restic, manifest, folder, where, progress, there)
         checks.append(Check("restic restore of every part", True, f"backup {manifest.id}"))
         nodes = restic.ls(manifest.parts["files"].snapshot)
         files = [n for n in nodes if n.type == "file"]
@@ -681,10 +927,12 @@ def dry_run(
         )
         if manifest.db_service and "db" in manifest.parts:
             overlay = _dryrun_overlay(folder, project)
-            progress("starting the restored database (no port, no route)")
+            if there is not None:
+                _dry_folder_to(folder, manifest, where, there, progress)
+            progress(f"starting the restored database (no port, no route) on {where.host}")
             containerio.run_docker(
                 [
-                    *_compose_argv(folder, project, overlay),
+                    *_compose_argv(folder, project, overlay, there),
                     "up",
                     "-d",
                     "--no-deps",
@@ -707,12 +955,39 @@ def dry_run(
         if overlay is not None:
             with contextlib.suppress(ManagerError):
                 containerio.run_docker(
-                    [*_compose_argv(folder, project, overlay), "down", "-v", "--remove-orphans"],
+                    [
+                        *_compose_argv(folder, project, overlay, there),
+                        "down",
+                        "-v",
+                        "--remove-orphans",
+                    ],
                     "removing the throwaway project",
                 )
         _remove_project_volumes(project)
+        if there is not None:
+            with contextlib.suppress(ManagerError):
+                containerio.run_helper(
+                    image,
+                    {".": str(there.parent)},
+                    ["rm", "-rf", f"/sbm-data/{there.name}"],
+                    f"removing {there} on {where.host}",
+                )
         shutil.rmtree(folder, ignore_errors=True)
-    return DryRunResult(name, manifest.id, all(c.ok for c in checks), checks)
+    return checks
+
+
+def _dry_folder_to(folder: Path, manifest: bp.Manifest, where, there, progress) -> None:
+    """The throwaway folder's files copied to ``there`` on another host: what its database
+    reads (init scripts, config), not the bind-mounted data, which only the other services
+    use and which stays out of the copy."""
+    from controller.remotefiles import sync_folder
+    from controller.templatefiles import TemplateFiles
+
+    overlays = list(manifest.record.get("overlays") or [])
+    db_service = TemplateFiles(folder).role("db", overlays)
+    drop_local_binds(folder, bp.plan_for(folder, db_service).binds)
+    progress(f"copying the throwaway folder to {where.host}")
+    sync_folder(where, folder, there)
 
 
 def _size(path: Path) -> int:

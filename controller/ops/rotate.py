@@ -8,6 +8,10 @@ new values, like .env) records both sides. The database changes in ONE transacti
 all old or all new values. The next `rotate NAME` or `start NAME` finds the journal and converges:
 forward (new everywhere) when the database already took the new values, else back (old
 everywhere). A rotation with no database part goes forward once .env was written.
+
+On another host (`create --host`) the same steps run through that host's engine (psql by `docker
+exec` over ssh, its secrets in docker's environment, never on a command line), and the worker's
+copy of .env is updated at once; the journal stays here, with the state.
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ from controller.ops.base import (
     check_writable,
     compose,
     env,
+    place,
     quiet,
     record,
     require_ready,
 )
-from controller.state import InstanceRecord
+from controller.state import LOCAL_HOST, InstanceRecord
 
 FAULT_ENV = "SUPABASE_MANAGER_FAULT"  # tests: "rotate:STEP" SIGKILLs this process at STEP
 
@@ -296,6 +301,7 @@ def _apply_side(ctx, found, journal, side: str, spec, progress, checkpoints: boo
     for key, value in journal[side].items():
         current.set(key, value)
     atomic_write(ctx.settings.instance_dir(name) / ".env", current.render(), mode=0o600)
+    _sync_env(ctx, found)
     step("env")
     if journal["caddy"]:
         spec = spec or publish.site_spec(ctx, found, current.as_dict())
@@ -308,6 +314,17 @@ def _apply_side(ctx, found, journal, side: str, spec, progress, checkpoints: boo
         wait_healthy(ctx, name, progress)
         if not found.autostart:
             compose(ctx, name).stop()
+
+
+def _sync_env(ctx: Context, found: InstanceRecord) -> None:
+    """A remote instance's folder there takes the new .env at once (0600 kept), as `env set`
+    does: compose copies it before each use, but an instance not started gets no compose run."""
+    if found.host == LOCAL_HOST:
+        return
+    from controller.remotefiles import sync_folder
+
+    where = place(ctx, found.host)
+    sync_folder(where, ctx.settings.instance_dir(found.name), where.instance_dir(found.name))
 
 
 def _forward(ctx, found, journal, spec, progress) -> None:

@@ -8,6 +8,10 @@ service or port may have changed). When the instance does not come up, the backu
 place (controller/ops/restore.py: files, .env, volumes, database and the record with its old
 template). `--rollback` restores that backup on request.
 
+An instance on another host is upgraded there: the folder is rendered here and copied to it
+before compose runs against its engine (controller/ops/base.py), a port for a newly published
+service is one that engine has free, and the rollback restores on that host.
+
 A Postgres major version change is refused: the data folder of one major cannot be opened by
 another; it needs pg_upgrade or a dump and restore, which this version does not do.
 
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import attrs
 
+from controller import faults
 from controller.errors import ManagerError, OperationError, UsageError
 from controller.ops import publish
 from controller.ops.base import (
@@ -39,6 +44,7 @@ from controller.ops.base import (
     require_ready,
     template,
 )
+from controller.state import LOCAL_HOST
 
 
 @attrs.frozen
@@ -290,17 +296,25 @@ def upgrade(
 def _apply(ctx, name, new_template, new_files, backup_id, progress) -> list[str]:
     """Re-render, recreate, wait for health, publish; the caller holds the instance's lock."""
     from controller.ops.lifecycle import own_project, wait_healthy
-    from controller.ports import allocate
+    from controller.ports import allocate, host_port_free
     from controller.render import render_instance
     from controller.templatefiles import needed_ports
 
+    api = own_project(ctx, name)
+    found = record(ctx, name)
+    needed = needed_ports(new_files, found.overlays)
+    reserved, is_free = set(), host_port_free
+    if set(needed) - set(found.ports):
+        # The engine is asked before the state lock is taken (over SSH it takes a while).
+        reserved, is_free = _port_checks(api, found.host)
     with ctx.store.transaction() as state:
         found = state.instances[name]
-        needed = needed_ports(new_files, found.overlays)
         kept = {k: p for k, p in found.ports.items() if k in needed}
         missing = [k for k in needed if k not in kept]
         fresh = (
-            allocate(missing, {}, state.used_ports(), ctx.settings.port_range) if missing else {}
+            allocate(missing, {}, state.used_ports() | reserved, ctx.settings.port_range, is_free)
+            if missing
+            else {}
         )
         # Killed from here on: the marker makes the next start, upgrade or --rollback restore
         # the backup (recover below).
@@ -312,14 +326,28 @@ def _apply(ctx, name, new_template, new_files, backup_id, progress) -> list[str]
         updated = attrs.evolve(found)
     progress(f"rendering {name} from template {new_template}")
     render_instance(ctx.settings, updated, new_files)
-    own_project(ctx, name)
     project = compose(ctx, name)
     # Services the new template dropped would stay as orphans: compose removes them.
     project._run("up", project._docker.compose.up, detach=True, quiet=True, remove_orphans=True)
+    faults.point("upgrade.recreated")
     wait_healthy(ctx, name, progress)
     warnings = publish.publish(ctx, updated)
     _marker(ctx, name).unlink(missing_ok=True)
     return warnings
+
+
+def _port_checks(api, host: str):
+    """Ports a new published service must not take: those other ROOTs' instances hold on the
+    engine, and whether a port is free where the instance runs (for another host, its engine's
+    containers say so: this machine's sockets know nothing of it)."""
+    from controller.ownership import engine_ports
+    from controller.ports import host_port_free
+
+    reserved = engine_ports(api.engine)
+    if host == LOCAL_HOST:
+        return reserved, host_port_free
+    published = api.engine.published_ports()
+    return reserved, lambda port: port not in published
 
 
 def _rollback_locked(ctx: Context, name: str, backup_id: str, progress: Progress):

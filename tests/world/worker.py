@@ -167,6 +167,7 @@ class WorkerHost:
         self._holder: subprocess.Popen[bytes] | None = None
         self._dockerd: subprocess.Popen[bytes] | None = None
         self._sshd: subprocess.Popen[bytes] | None = None
+        self.sshd_options: list[str] = []  # extra sshd_config lines (configure_ssh)
 
     # -- addresses ---------------------------------------------------------------------------
     @property
@@ -329,6 +330,7 @@ class WorkerHost:
                     "MaxStartups 64",
                     "MaxSessions 64",
                     "Subsystem sftp internal-sftp",
+                    *self.sshd_options,
                     "",
                 ]
             )
@@ -432,12 +434,51 @@ class WorkerHost:
         )
         wait_until(lambda: port_open(SSH_PORT, self.address), 20, f"sshd on {self.address}")
 
+    def configure_ssh(self, options: Sequence[str]) -> None:
+        """Restart sshd with these extra sshd_config lines (none: as it was made). Connections
+        open before (an ssh master's) keep the old settings."""
+        self.sshd_options = list(options)
+        self._write_ssh_files()
+        self.stop_ssh()
+        self.start_ssh()
+
     def stop_ssh(self) -> None:
         """Stop sshd: new connections are refused at once (open sessions keep running)."""
         proc, self._sshd = self._sshd, None
         if proc is not None and proc.poll() is None:
             proc.terminate()
             proc.wait(10)
+
+    @contextlib.contextmanager
+    def hang_ssh(self) -> Iterator[None]:
+        """sshd stopped with SIGSTOP: connections are accepted by the kernel but never greeted,
+        as on a machine that hangs; it goes on when the block ends."""
+        assert self._sshd is not None and self._sshd.poll() is None, "sshd not running"
+        pid = self._sshd.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    # -- what the worker's machine reports -------------------------------------------------------
+    @contextlib.contextmanager
+    def fake_meminfo(self, available_kib: int) -> Iterator[None]:
+        """Inside the worker's mount namespace (ssh sessions too) /proc/meminfo says
+        ``MemAvailable: available_kib kB``, the rest as here; undone when the block ends."""
+        real = Path("/proc/meminfo").read_text()
+        text, found = re.subn(
+            r"^MemAvailable:\s+\d+ kB$", f"MemAvailable: {available_kib:>8} kB", real, flags=re.M
+        )
+        assert found == 1, "no MemAvailable line in /proc/meminfo"
+        fake = self.state_dir / f"meminfo-{available_kib}"
+        fake.write_text(text)
+        self.run(["mount", "--bind", str(fake), "/proc/meminfo"])
+        try:
+            yield
+        finally:
+            self.run(["umount", "/proc/meminfo"])
+            fake.unlink(missing_ok=True)
 
     # -- reachability ----------------------------------------------------------------------------
     def disconnect(self) -> None:
@@ -652,6 +693,15 @@ class Worker:
 
     def start_ssh(self) -> None:
         self._host.start_ssh()
+
+    def configure_ssh(self, *options: str) -> None:
+        self._host.configure_ssh(options)
+
+    def hang_ssh(self) -> contextlib.AbstractContextManager[None]:
+        return self._host.hang_ssh()
+
+    def fake_meminfo(self, available_kib: int) -> contextlib.AbstractContextManager[None]:
+        return self._host.fake_meminfo(available_kib)
 
     def disconnect(self) -> None:
         self._host.disconnect()
