@@ -222,6 +222,31 @@ def each_host(
     return results, errors
 
 
+def each_engine(
+    hosts: Iterable[str],
+    connect: Connect,
+    work: Callable[[str, DockerAPI, Callable[[T], None]], T],
+    timeout: float = HOST_TIMEOUT,
+) -> tuple[dict[str, T], dict[str, str]]:
+    """``each_host`` with each host's engine client, closed after its ``work``. ``work(host,
+    api, keep)`` may ``keep`` a partial answer first: a host that gave one but not its whole
+    answer in time (its listing, not the figures of many containers over ssh) counts with it."""
+    partial: dict[str, T] = {}
+
+    def run(host: str) -> T:
+        api = connect(host)
+        try:
+            return work(host, api, functools.partial(partial.__setitem__, host))
+        finally:
+            api.close()
+
+    found, errors = each_host(hosts, run, timeout)
+    for host in [h for h in errors if h in partial]:
+        found[host] = partial[host]
+        del errors[host]
+    return found, errors
+
+
 def connector(settings: Settings, state: State, timeout: float = HOST_TIMEOUT) -> Connect:
     """Clients of each host's engine that see only this ROOT's objects; an unknown host or an
     engine that cannot be set up raises (its instances then show as unreachable)."""
@@ -267,23 +292,13 @@ def gather_hosts(
         if name in records and records[name].host == LOCAL_HOST
     }
 
-    statuses_only: dict[str, dict[str, InstanceStatus]] = {}
+    def work(host: str, api: DockerAPI, keep) -> dict[str, InstanceStatus]:
+        # Disk use only in the local host's pass (one DiskCache user at a time).
+        mine = local_folders if host == LOCAL_HOST else None
+        return gather(groups[host], api, one_shot, resources, mine, disk, keep)
 
-    def work(host: str) -> dict[str, InstanceStatus]:
-        api = connect(host)
-        try:
-            # Disk use only in the local host's pass (one DiskCache user at a time).
-            mine = local_folders if host == LOCAL_HOST else None
-            keep = functools.partial(statuses_only.__setitem__, host)
-            return gather(groups[host], api, one_shot, resources, mine, disk, keep)
-        finally:
-            api.close()
-
-    found, errors = each_host(groups, work, timeout)
-    for host in [h for h in errors if h in statuses_only]:
-        # It answered the listing; only its figures (stats of many containers) came late.
-        found[host] = statuses_only[host]
-        del errors[host]
+    # A host that listed its containers but not their figures in time keeps its statuses.
+    found, errors = each_engine(groups, connect, work, timeout)
     out: dict[str, InstanceStatus] = {}
     for name, record in records.items():
         if record.host in found:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
 import threading
 import time
 from collections.abc import Mapping
@@ -31,7 +30,7 @@ import attrs
 from controller.config import Settings
 from controller.metrics.backups import BackupFacts, LastBackups
 from controller.state import LOCAL_HOST, READY, InstanceRecord, State, StateStore
-from controller.status import each_host, job_done
+from controller.status import job_done
 from controller.views import MISSING, STOPPED
 
 DOCKER_TIMEOUT = 4.0
@@ -138,28 +137,18 @@ def _docker_hosts(
 ) -> tuple[dict[str, _DockerFacts], dict[str, str]]:
     """Every host's engine side by side (this machine's and each known host's, whether it holds
     instances or not: host_up says whether it answers): (host -> facts, host -> error)."""
-    from controller.status import by_host, connector
+    from controller.status import by_host, connector, each_engine
 
     connect = connector(settings, state, timeout=DOCKER_TIMEOUT)
     groups = by_host(records)
     hosts = [LOCAL_HOST, *sorted(state.hosts), *groups]
-    listed: dict[str, _DockerFacts] = {}
 
-    def work(host: str) -> _DockerFacts:
-        api = connect(host)
-        try:
-            keep = functools.partial(listed.__setitem__, host)
-            return _docker(settings, api, groups.get(host, {}), caches, restarts, keep)
-        finally:
-            api.close()
+    def work(host: str, api, keep) -> _DockerFacts:
+        return _docker(settings, api, groups.get(host, {}), caches, restarts, keep)
 
-    facts, errors = each_host(hosts, work, timeout)
-    for host in [h for h in errors if h in listed]:
-        # It answered the listing; only the per-container figures (many containers over ssh)
-        # came late: statuses and health stand, CPU, memory and restarts are left out.
-        facts[host] = listed[host]
-        del errors[host]
-    return facts, errors
+    # A host that answered the listing but not the per-container figures in time keeps its
+    # statuses and health; CPU, memory and restarts are left out.
+    return each_engine(hosts, connect, work, timeout)
 
 
 def _docker(
