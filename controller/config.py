@@ -120,6 +120,10 @@ class Settings:
     def snippet_path(self, name: str) -> Path:
         return self.caddy_dir / f"{name}.conf"
 
+    def restore_marker(self, name: str) -> Path:
+        """Where a restore of ``name`` records how far it got (controller/ops/restore.py)."""
+        return self.root / "restore" / f"{name}.json"
+
     def public_origin(self, host: str) -> str:
         """``scheme://host[:port]``, leaving out the port the scheme implies."""
         default = {"https": 443, "http": 80}[self.scheme]

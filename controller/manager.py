@@ -414,7 +414,7 @@ class Manager:
     def _recover_restore(self, name: str, progress: Progress = _quiet) -> str | None:
         from controller.ops import restore
 
-        if not (self.settings.root / "restore" / f"{name}.json").is_file():
+        if not self.settings.restore_marker(name).is_file():
             return None
         return restore.recover(self.settings, self.store, name, self._restore_hooks(), progress)
 

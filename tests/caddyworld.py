@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class _LoopbackServer:
     """A server on 127.0.0.1 run by serve_forever in a daemon thread; ``upstream`` dials it."""
 
-    def _serve(self, server, port: int) -> None:
+    def _serve(self, server, port: int, *serve_args: object) -> None:
         self.server, self.port = server, port
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=server.serve_forever, args=serve_args, daemon=True)
         self.thread.start()
 
     @property
@@ -48,7 +48,8 @@ class Backend(_LoopbackServer):
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
-        self._serve(server, server.server_address[1])
+        # A short poll: shutdown() waits for the loop to wake (0.5 s at the default).
+        self._serve(server, server.server_address[1], 0.02)
 
     def close(self) -> None:
         super().close()

@@ -11,6 +11,8 @@ naming scripts/provision, which sets the machine up (scripts/test runs it).
   data_root/caddy/*.conf; stopped at teardown.
 - worker (session), worker_sandbox: a second Docker host over SSH in a network namespace
   (tests/world/worker.py); worker_sandbox removes what a test made on it.
+- shared_world (session): one instance with real rows and files on the worker, for the modules
+  that leave it as they found it (tests/world/remote.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ if str(REPO) not in sys.path:
 
 from tests.world.caddy import CaddyProcess  # noqa: E402
 from tests.world.dockerworld import DockerSandbox, DockerUnavailableError, connect  # noqa: E402
+from tests.world.remote import shared_world  # noqa: E402, F401
 from tests.world.worker import worker, worker_sandbox  # noqa: E402, F401
 
 

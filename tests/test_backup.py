@@ -3,8 +3,9 @@ PostgreSQL 15 (the stand-in image) and a real S3 endpoint (moto_server), through
 
 Supabase's own images cannot be pulled here: the instance layers the stand-in overlay (see
 tests/world/standin.py); its db service is a real PostgreSQL holding real rows. One instance is
-started for the whole module and taken through backup, delete --purge, restore, --as, --dry-run,
-rollback and kill cases in order.
+started for the whole module and taken through backup, delete --purge, restore, --dry-run,
+rollback and kill cases in order, then backed up to S3 and cloned from there; each test also
+passes on its own.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from controller.envpolicy import is_secret
 from tests.world.caddy import CaddyProcess
 from tests.world.cli import CLI, CliRoot
 from tests.world.dockerworld import DockerSandbox
@@ -349,34 +351,14 @@ def test_delete_purge_then_restore_brings_everything_back(world, first_backup):
 def test_restore_in_place_needs_yes_then_puts_data_back(world, first_backup):
     psql("insert into shop.customers (email) values ('late@example.com')")
     (world.folder / "volumes" / "storage" / "stub" / "bucket" / "note.txt").unlink()
+    late = psql("select count(*) from shop.customers")
     refused = world.run("restore", NAME, check=False)
     assert refused.returncode == 2 and "--yes" in refused.stderr
-    assert psql("select count(*) from shop.customers") == "502"  # nothing changed
+    assert psql("select count(*) from shop.customers") == late  # nothing changed
     world.run("restore", NAME, "--yes")
     assert fingerprint() == world.expected
     assert files_digest(world.folder) == world.expected_files
     assert not (world.root / "restore" / f"{NAME}.aside").exists()
-
-
-def test_restore_as_new_instance_runs_beside_the_original(world, first_backup, docker_client):
-    result = world.json("restore", NAME, "--as", "bk2")
-    assert result["instance"] == "bk2"
-    try:
-        assert fingerprint("bk2") == world.expected
-        state = world.state()["instances"]
-        assert set(state["bk2"]["ports"].values()).isdisjoint(state[NAME]["ports"].values())
-        env = (world.root / "instances" / "bk2" / ".env").read_text()
-        assert "COMPOSE_PROJECT_NAME=bk2" in env
-        names = [
-            c.name
-            for c in docker_client.containers.list(
-                filters={"label": "com.docker.compose.project=bk2"}
-            )
-        ]
-        assert "bk2-db" in names
-        assert fingerprint() == world.expected  # the original is untouched
-    finally:
-        world.run("delete", "bk2", "--purge", "--yes")
 
 
 def test_dry_run_verifies_in_a_throwaway_project_and_leaves_nothing(
@@ -402,13 +384,14 @@ def test_dry_run_verifies_in_a_throwaway_project_and_leaves_nothing(
 
 def test_unhealthy_restore_rolls_back(world, first_backup):
     psql("insert into shop.customers (email) values ('kept@example.com')")
+    kept = psql("select count(*) from shop.customers")
     proc = world.run(
         "restore", NAME, "--yes", check=False, env={"SUPABASE_MANAGER_WAIT_TIMEOUT": "0"}
     )
     assert proc.returncode == 1
     assert "did not become healthy" in proc.stderr and "put back what was there" in proc.stderr
     world.run("start", NAME)
-    assert psql("select count(*) from shop.customers") == "502"  # the data before the restore
+    assert psql("select count(*) from shop.customers") == kept  # the data before the restore
     assert not (world.root / "restore" / f"{NAME}.aside").exists()
 
 
@@ -551,6 +534,43 @@ def test_wrong_password_missing_repo_and_corrupt_pack_fail_cleanly(world, first_
     assert not (world.root / "restore" / f"{NAME}.aside").exists()
 
 
+def env_values(world, name: str) -> dict[str, str]:
+    out = {}
+    for line in (world.root / "instances" / name / ".env").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key] = value
+    return out
+
+
+def logs_in(name: str, role: str, password: str) -> bool:
+    proc = subprocess.run(
+        [
+            *("docker", "exec", "-e", "PGPASSWORD", container(name), "psql", "-X"),
+            *("-h", "127.0.0.1", "-U", role, "-d", "postgres", "-tAc", "select 1"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PGPASSWORD": password},
+    )
+    return proc.returncode == 0
+
+
+def engine_objects(docker_client, project: str) -> dict[str, set[str]]:
+    """The engine's containers, networks and volumes of compose project ``project``, and the
+    volumes its containers mount."""
+    label = {"label": f"com.docker.compose.project={project}"}
+    found = docker_client.containers.list(all=True, filters=label)
+    return {
+        "containers": {c.name for c in found},
+        "networks": {n.name for n in docker_client.networks.list(filters=label)},
+        "volumes": {v.name for v in docker_client.volumes.list(filters=label)},
+        "mounted": {
+            m["Name"] for c in found for m in c.attrs.get("Mounts", []) if m.get("Type") == "volume"
+        },
+    }
+
+
 @pytest.fixture
 def s3(tmp_path):
     """moto_server on a free loopback port with a bucket; the credentials in an env file."""
@@ -589,7 +609,13 @@ def _bucket(client) -> bool:
         return False
 
 
-def test_backup_and_restore_through_s3(world, first_backup, s3, tmp_path):
+def test_backup_to_s3_then_clone_from_it_shares_rows_but_no_secret(
+    world, first_backup, s3, tmp_path, docker_client
+):
+    """The NixOS timer's command lines against an S3 store; then `clone SRC NEW` through that
+    store (a fresh backup of SRC restored as NEW, every secret of NEW rotated): NEW runs beside
+    SRC with SRC's rows, files and Vault key, and shares no secret, port, container, volume or
+    route with it. (`restore --as` is the clone's restore: its own checks are folded in here.)"""
     repository, env_file = s3
     config = tmp_path / "config.toml"
     config.write_text(
@@ -597,14 +623,50 @@ def test_backup_and_restore_through_s3(world, first_backup, s3, tmp_path):
         "keep = { last = 1 }\n"
     )
     env = {"SUPABASE_MANAGER_CONFIG": str(config)}
-    expected = fingerprint()
+    expected, files, key = fingerprint(), files_digest(world.folder), read_vault_key()
     world.run("backup", "--all", env=env)  # the NixOS timer's command line
     world.run("backup", "--all", env=env)
     assert len(world.json("backup", "list", env=env)) == 2
     world.run("backup", "prune", env=env)  # its other command line: keep = { last = 1 }
     assert len(world.json("backup", "list", env=env)) == 1
-    world.run("delete", NAME, "--purge", "--yes")
-    world.run("restore", NAME, env=env)
-    assert fingerprint() == expected
-    assert files_digest(world.folder) == world.expected_files
-    assert read_vault_key() == world.vault_key
+
+    new_name = "twin"
+    proc = world.run("--json", "clone", NAME, new_name, env=env)
+    try:
+        result = json.loads(proc.stdout)
+        assert result["instance"] == new_name and "POSTGRES_PASSWORD" in result["rotated"]
+        assert len(world.json("backup", "list", env=env)) == 2  # the clone's backup went to S3
+        # Back from S3: the rows, the files and the Vault key of the db-config volume.
+        assert fingerprint(new_name) == expected
+        assert files_digest(world.root / "instances" / new_name) == files
+        assert read_vault_key(new_name) == key
+        src, new = env_values(world, NAME), env_values(world, new_name)
+        shared = [k for k, v in src.items() if v and is_secret(k) and new.get(k) == v]
+        assert shared == []
+        for text in (proc.stdout, proc.stderr):
+            assert src["POSTGRES_PASSWORD"] not in text and new["POSTGRES_PASSWORD"] not in text
+        # The database roles follow: each instance takes only its own password.
+        assert logs_in(new_name, "authenticator", new["POSTGRES_PASSWORD"])
+        assert not logs_in(new_name, "authenticator", src["POSTGRES_PASSWORD"])
+        assert logs_in(NAME, "authenticator", src["POSTGRES_PASSWORD"])
+        state = world.state()["instances"]
+        assert set(state[new_name]["ports"].values()).isdisjoint(state[NAME]["ports"].values())
+        assert new["COMPOSE_PROJECT_NAME"] == new_name
+        # No container, network or volume in common, and NEW mounts none of SRC's volumes.
+        mine, theirs = engine_objects(docker_client, new_name), engine_objects(docker_client, NAME)
+        assert container(new_name) in mine["containers"] and mine["networks"] and mine["volumes"]
+        for kind in ("containers", "networks", "volumes"):
+            assert mine[kind].isdisjoint(theirs[kind]), kind
+        assert mine["mounted"] <= mine["volumes"]
+        assert mine["mounted"].isdisjoint(theirs["volumes"])
+        # Its own routes: the new API host answers through Caddy with the new one's gateway.
+        api = world.caddy.get(f"{new_name}.sbm.test", "/rest/v1/")
+        assert api.status_code == 200 and f"of {new_name}" in api.text
+        user = new["DASHBOARD_USERNAME"]
+        studio = f"{new_name}-studio.sbm.test"
+        assert world.caddy.get(studio, auth=(user, new["DASHBOARD_PASSWORD"])).status_code == 200
+        assert world.caddy.get(studio, auth=(user, src["DASHBOARD_PASSWORD"])).status_code == 401
+        assert fingerprint() == expected  # the original is untouched
+    finally:
+        if new_name in world.state()["instances"]:
+            world.run("delete", new_name, "--purge", "--yes")

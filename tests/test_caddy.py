@@ -110,10 +110,16 @@ class Instance:
     def auth(self) -> tuple[str, str]:
         return ("supabase", self.password)
 
+    def backends(self) -> list:
+        return [b for b in (self.api, self.studio, self.mail) if b is not None]
+
     def close(self) -> None:
-        for backend in (self.api, self.studio, self.mail):
-            if backend is not None:
-                backend.close()
+        close_all(self.backends())
+
+
+def close_all(backends) -> None:
+    for backend in backends:
+        backend.close()
 
 
 @pytest.fixture
@@ -126,8 +132,7 @@ def make():
         return inst
 
     yield factory
-    for inst in made:
-        inst.close()
+    close_all([backend for inst in made for backend in inst.backends()])
 
 
 def get(world: CaddyProcess, host: str, auth=None, path: str = "/") -> httpx.Response:
@@ -213,7 +218,7 @@ def test_apply_is_idempotent_and_updates_in_place(cw, settings, make):
         assert [r["@id"] for r in live_routes(cw)] == ids("one", "two")  # kept its place
         assert status(settings, {"one": a.spec, "two": b.spec})["instances"]["one"] == "stale"
     finally:
-        other.close()
+        close_all([other])
 
 
 def test_routes_go_before_a_catch_all(cw, settings, make):
@@ -569,7 +574,7 @@ def test_websocket_stays_open_while_other_instances_change(cw, settings, make):
             ws.send("after remove")
             assert ws.recv(timeout=5) == "after remove"
     finally:
-        echo.close()
+        close_all([echo])
 
 
 # --- snippets ------------------------------------------------------------------------------------

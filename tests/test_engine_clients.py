@@ -26,7 +26,7 @@ import pytest
 from controller.config import load_settings
 from controller.errors import OperationError
 from controller.ops import base
-from tests.world.remote import HOST, remote_world
+from tests.world.remote import HOST, SHARED
 
 # --- the scope, with a stand-in Engine --------------------------------------------------------
 
@@ -110,8 +110,7 @@ def test_every_manager_method_and_the_iterator_it_returns_get_a_scope(fake_engin
 
 
 # --- the real thing: an instance on the worker, many commands in one process -----------------
-NAME = "ec"
-TEMPLATE = "v0.8.2"
+NAME = SHARED  # the session's instance on the worker (tests/world/remote.py shared_world)
 
 
 def ssh_children() -> list[str]:
@@ -130,10 +129,8 @@ def ssh_children() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, docker_client, worker):
-    base_dir = tmp_path_factory.mktemp("engine-clients")
-    with remote_world(base_dir, docker_client, worker, template=TEMPLATE, instance=NAME) as cli:
-        yield cli
+def world(shared_world):
+    return shared_world.converge()
 
 
 @pytest.fixture

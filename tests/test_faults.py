@@ -18,9 +18,11 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +35,7 @@ from controller.faults import ENV as FAULT_ENV
 from controller.labels import INSTANCE_LABEL, PORTS_LABEL, ROOT_LABEL
 from controller.ownership import CLAIM_LABEL, PROJECT_LABEL
 from tests.test_lifecycle import CLI, World
+from tests.world import CaddyProcess, DockerSandbox
 from tests.world.caddy import route_id
 
 pytestmark = pytest.mark.docker
@@ -80,17 +83,73 @@ def test_the_campaign_covers_every_fault_point():
     assert not untested, f"fault points no test runs into: {sorted(untested)}"
 
 
+@pytest.fixture(scope="module")
+def engine_lock(docker_client):
+    """The machine-wide Docker lock, held for the whole module: the shared `campaign` world
+    keeps objects on the engine from test to test, which another run's sandbox must not take."""
+    with DockerSandbox(docker_client).session() as sandbox:
+        yield sandbox
+
+
+KEEP = "keep"  # the campaign's neighbour, created --no-start: it holds only its claim volume
+
+
 @pytest.fixture
-def world(data_root, caddy, docker_client):
-    """A data root with the template imported. Every create puts a claim volume on the engine,
-    so tests that check the engine (assert_agree) also ask for docker_sandbox: the machine-wide
-    Docker lock keeps another run's sandbox from removing this test's claims, and the clean-up."""
-    w = World(data_root, caddy)
+def docker_sandbox(engine_lock, docker_client):
+    """As conftest's, under the module's lock: what the test made is force-removed after it."""
+    sandbox = DockerSandbox(docker_client)
+    sandbox.snapshot()
+    try:
+        yield sandbox
+    finally:
+        sandbox.cleanup()
+
+
+def _world(root: Path, caddy) -> World:
+    w = World(root, caddy)
     # Ports of its own: an instance never started holds none on the engine, and another
     # ROOT's test could then bind one, answering where this test expects nothing.
     w.env["SUPABASE_MANAGER_PORT_RANGE"] = "28400-28999"
     w.import_template(TEMPLATE)
     return w
+
+
+@pytest.fixture
+def world(data_root, caddy, docker_client):
+    """A data root with the template imported. Every create puts a claim volume on the engine,
+    so tests that check the engine (assert_agree) also ask for docker_sandbox: the machine-wide
+    Docker lock keeps another run's sandbox from removing this test's claims, and the clean-up."""
+    return _world(data_root, caddy)
+
+
+@pytest.fixture(scope="module")
+def campaign(engine_lock):
+    """One data root and Caddy for the create/delete cases, in turn: each leaves it as it found
+    it, holding only `keep` (created --no-start), the neighbour nothing may touch.
+
+    Its folder is not under pytest's basetemp: conftest's _no_claims_left removes the claims of
+    ROOTs there after every test, and `keep` must hold its claim from case to case. The claim
+    goes with the module's engine_lock sandbox at the end."""
+    base = Path(tempfile.mkdtemp(prefix="sbm-faults-"))
+    root = base / "root"
+    root.mkdir()
+    caddy = CaddyProcess(root, base / "caddy-run")
+    caddy.start()
+    try:
+        w = _world(root, caddy)
+        w.create(KEEP, TEMPLATE, "--no-start")
+        yield w
+    finally:
+        caddy.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _fresh(world: World, client) -> World:
+    """The campaign world as every case finds it (an earlier case that failed half-way can
+    leave more: that case's failure is the one to read)."""
+    assert [row["name"] for row in world.json("list")] == [KEEP], "left by an earlier case"
+    assert list(_claims(client, world.root)) == [KEEP], "left by an earlier case"
+    return world
 
 
 # --- running a command into a fault -------------------------------------------------------------
@@ -110,33 +169,84 @@ def killed_at(world: World, point: str, *args: str) -> None:
     )
 
 
+def side_by_side(
+    world: World, runs: list[tuple[str | None, list[str]]], envs: list[dict[str, str]] | None = None
+) -> None:
+    """Run the CLI commands at the same moment (with ``envs``, each with its own additions to the
+    environment), each into its fault point (where it must die by SIGKILL) or, with None, to
+    success. Separate instances: nothing but waiting on the engine and the healthchecks is
+    shared, and the waits overlap."""
+    envs = envs or [{}] * len(runs)
+    procs = [
+        (
+            point,
+            args,
+            subprocess.Popen(
+                [*CLI, *args],
+                env={**world.env, **env, **({FAULT_ENV: point} if point else {})},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
+        for (point, args), env in zip(runs, envs, strict=True)
+    ]
+    failed = []
+    for point, args, proc in procs:
+        _, err = proc.communicate(timeout=300)
+        if point is not None and proc.returncode != -signal.SIGKILL:
+            failed.append(f"{args} never reached {point}: exit {proc.returncode}: {err}")
+        elif point is None and proc.returncode != 0:
+            failed.append(f"{args} exited {proc.returncode}: {err}")
+    assert not failed, "\n".join(failed)
+
+
 def _stopped(pid: int) -> bool:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+
+def paused_side_by_side(
+    world: World,
+    runs: list[tuple[str, list[str], dict[str, str]]],
+    outage: Callable[[], None],
+) -> list[subprocess.CompletedProcess]:
+    """Run the CLI commands (point, args, additions to the environment) until each stops itself
+    at its point, call ``outage`` once, let them all go on; their results."""
+    procs = [
+        subprocess.Popen(
+            [*CLI, *args],
+            env={**world.env, **env, FAULT_ENV: f"{point}:pause"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for point, args, env in runs
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        for (point, args, _), proc in zip(runs, procs, strict=True):
+            while not _stopped(proc.pid):
+                assert proc.poll() is None, f"{args} never reached {point}: {proc.communicate()}"
+                assert time.monotonic() < deadline, f"{args} did not reach {point} in time"
+                time.sleep(0.05)
+        outage()
+    finally:
+        for proc in procs:
+            if proc.returncode is None:  # not reaped: its pid is still its own
+                os.kill(proc.pid, signal.SIGCONT)
+    results = []
+    for (_, args, _), proc in zip(runs, procs, strict=True):
+        out, err = proc.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    return results
 
 
 def paused_at(
     world: World, point: str, outage: Callable[[], None], *args: str
 ) -> subprocess.CompletedProcess:
     """Run the CLI until it stops itself at ``point``, call ``outage``, let it go on; its result."""
-    proc = subprocess.Popen(
-        [*CLI, *args],
-        env={**world.env, FAULT_ENV: f"{point}:pause"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not _stopped(proc.pid):
-            assert proc.poll() is None, f"{args} never reached {point}: {proc.communicate()}"
-            assert time.monotonic() < deadline, f"{args} did not reach {point} in time"
-            time.sleep(0.05)
-        outage()
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
-    out, err = proc.communicate(timeout=300)
-    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+    return paused_side_by_side(world, [(point, list(args), {})], outage)[0]
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:
@@ -208,14 +318,6 @@ class DockerProxy:
             dst.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-
-
-@pytest.fixture
-def docker_proxy(tmp_path):
-    proxy = DockerProxy(tmp_path / "docker-proxy.sock")
-    proxy.up()
-    yield proxy
-    proxy.down()
 
 
 # --- what a user checks afterwards --------------------------------------------------------------
@@ -311,54 +413,71 @@ def assert_gone(world: World, client, name: str) -> None:
 # --- SIGKILL at every step ----------------------------------------------------------------------
 
 
+# Every create point, each paired with a delete point; two pairs per case, run side by side.
+PAIRS = list(zip(CREATE_POINTS, cycle(DELETE_POINTS), strict=False))
+
+
 @pytest.mark.parametrize(
-    ("create_point", "delete_point"),
-    list(zip(CREATE_POINTS, cycle(DELETE_POINTS), strict=False)),
-    ids=lambda point: point,
+    "pairs",
+    [PAIRS[i : i + 2] for i in range(0, len(PAIRS), 2)],
+    ids=lambda pairs: "+".join(f"{c}-{d}" for c, d in pairs),
 )
-def test_killed_create_and_delete_converge(
-    world, docker_client, docker_sandbox, create_point, delete_point
-):
+def test_killed_create_and_delete_converge(campaign, docker_client, docker_sandbox, pairs):
     """create killed at a step, `create NAME` finishes it; delete killed at a step, `delete NAME`
-    finishes it. Real containers: what is left half-way is real too."""
-    world.create("keep", TEMPLATE, "--no-start")  # a neighbour nothing may touch
+    finishes it. Real containers: what is left half-way is real too. One instance per pair of
+    points (fa, fb), their commands at the same moment."""
+    world = _fresh(campaign, docker_client)
+    cases = dict(zip(["fa", "fb"], pairs, strict=False))  # instance: (create, delete point)
+    names = list(cases)
     standin = str(world.standin(TEMPLATE))
-    killed_at(
-        world, create_point, "create", "fk", "--template", TEMPLATE, "--extra-compose", standin
-    )
-    assert {r["name"]: r["status"] for r in world.json("list")}["fk"] == "incomplete"
+    create = ["--template", TEMPLATE, "--extra-compose", standin]
+    side_by_side(world, [(c, ["create", n, *create]) for n, (c, _) in cases.items()])
+    statuses = {r["name"]: r["status"] for r in world.json("list")}
+    assert all(statuses[n] == "incomplete" for n in names), statuses
 
-    world.run("create", "fk")
-    assert_agree(world, docker_client, {"fk": True, "keep": False})
+    side_by_side(world, [(None, ["create", n]) for n in names])
+    assert_agree(world, docker_client, {**dict.fromkeys(names, True), "keep": False})
 
-    killed_at(world, delete_point, "delete", "fk", "--purge", "--yes")
-    assert "fk" in {r["name"] for r in world.json("list")}  # the record goes last
+    delete = ["--purge", "--yes"]
+    side_by_side(world, [(d, ["delete", n, *delete]) for n, (_, d) in cases.items()])
+    listed = {r["name"] for r in world.json("list")}
+    assert set(names) <= listed, listed  # the record goes last
 
-    world.run("delete", "fk", "--purge", "--yes")
-    assert_gone(world, docker_client, "fk")
+    side_by_side(world, [(None, ["delete", n, *delete]) for n in names])
+    for name in names:
+        assert_gone(world, docker_client, name)
     assert_agree(world, docker_client, {"keep": False})
 
 
-@pytest.mark.parametrize("point", ENV_POINTS)
-def test_killed_env_set_converges_with_caddy_sync(world, docker_client, docker_sandbox, point):
-    """Studio's credentials changed by `env set`, killed at a step: .env holds the old or the new
-    value, never a mix; `caddy sync` makes Caddy ask for whatever .env holds."""
-    world.create("ek", TEMPLATE, "--no-start")
-    user = world.run("env", "ek", "get", "DASHBOARD_USERNAME").stdout.strip()
-    old = world.run("env", "ek", "get", "DASHBOARD_PASSWORD").stdout.strip()
-    killed_at(world, point, "env", "ek", "set", f"DASHBOARD_PASSWORD={PASSWORD}")
+def test_killed_env_set_converges_with_caddy_sync(world, docker_client, docker_sandbox):
+    """Studio's credentials changed by `env set`, killed at a step (one instance per step, side by
+    side): .env holds the old or the new value, never a mix; `caddy sync` makes Caddy ask for
+    whatever .env holds."""
+    points = {f"e{i}": point for i, point in enumerate(ENV_POINTS, 1)}  # instance: its point
+    standin = str(world.standin(TEMPLATE))
+    create = ["--template", TEMPLATE, "--extra-compose", standin, "--no-start"]
+    side_by_side(world, [(None, ["create", name, *create]) for name in points])
+    user = {n: world.run("env", n, "get", "DASHBOARD_USERNAME").stdout.strip() for n in points}
+    old = {n: world.run("env", n, "get", "DASHBOARD_PASSWORD").stdout.strip() for n in points}
+    side_by_side(
+        world,
+        [(p, ["env", n, "set", f"DASHBOARD_PASSWORD={PASSWORD}"]) for n, p in points.items()],
+    )
 
-    now = world.run("env", "ek", "get", "DASHBOARD_PASSWORD").stdout.strip()
-    assert now == PASSWORD  # every point is after the atomic write
-    assert sorted(p.name for p in (world.root / "instances" / "ek").glob(".env*")) == [".env"]
-    before = world.json("caddy", "status")["instances"]["ek"]
-    assert before == ("ok" if point == "env.published" else "stale")
+    status = world.json("caddy", "status")["instances"]
+    for name, point in points.items():
+        now = world.run("env", name, "get", "DASHBOARD_PASSWORD").stdout.strip()
+        assert now == PASSWORD, point  # every point is after the atomic write
+        files = sorted(p.name for p in (world.root / "instances" / name).glob(".env*"))
+        assert files == [".env"], (point, files)
+        assert status[name] == ("ok" if point == "env.published" else "stale"), (point, status)
 
     world.run("caddy", "sync")
-    assert_agree(world, docker_client, {"ek": False})
-    studio = "ek-studio.sbm.test"
-    assert world.caddy.get(studio, auth=(user, old)).status_code == 401
-    assert world.caddy.get(studio, auth=(user, PASSWORD)).status_code == 502
+    assert_agree(world, docker_client, dict.fromkeys(points, False))
+    for name, point in points.items():
+        studio = f"{name}-studio.sbm.test"
+        assert world.caddy.get(studio, auth=(user[name], old[name])).status_code == 401, point
+        assert world.caddy.get(studio, auth=(user[name], PASSWORD)).status_code == 502, point
 
 
 def _drift(world: World) -> None:
@@ -402,33 +521,60 @@ def test_killed_caddy_sync_converges(world, docker_client, docker_sandbox, point
 # --- Docker or Caddy gone in the middle of a command --------------------------------------------
 
 
-@pytest.mark.parametrize("point", ["create.published", "create.started"])
-def test_docker_gone_during_create(world, docker_client, docker_sandbox, docker_proxy, point):
-    world.env["DOCKER_HOST"] = docker_proxy.url
-    standin = str(world.standin(TEMPLATE))
-    args = ["create", "dk", "--template", TEMPLATE, "--extra-compose", standin]
-    proc = paused_at(world, point, docker_proxy.down, *args)
-    assert proc.returncode == 1, proc.stderr
-    line = error_line(proc)
-    assert "Docker" in line and str(docker_proxy.path) in line, line
-    docker_proxy.up()
-    assert {r["name"]: r["status"] for r in world.json("list")}["dk"] == "incomplete"
-    world.run("create", "dk")
-    assert_agree(world, docker_client, {"dk": True})
+def test_docker_gone_during_create_and_delete(campaign, docker_client, docker_sandbox, tmp_path):
+    """Docker gone while create is at a step (dk1: create.published, nothing started yet; dk2:
+    create.started, its containers up but not yet healthy), each instance's commands through a
+    socket proxy of its own, side by side: one error line naming that socket, the instance left
+    incomplete, and `create NAME` once Docker is back finishes it. Then Docker gone while delete
+    is at delete.down: the same, and `delete NAME` finishes it."""
+    world = _fresh(campaign, docker_client)
+    points = {"dk1": "create.published", "dk2": "create.started"}
+    proxies = {name: DockerProxy(tmp_path / f"{name}.sock") for name in points}
+    envs = [{"DOCKER_HOST": proxies[name].url} for name in points]
 
+    def docker_down() -> None:
+        for proxy in proxies.values():
+            proxy.down()
 
-def test_docker_gone_during_delete(world, docker_client, docker_sandbox, docker_proxy):
-    world.env["DOCKER_HOST"] = docker_proxy.url
-    world.create("dd", TEMPLATE)
-    proc = paused_at(world, "delete.down", docker_proxy.down, "delete", "dd", "--purge", "--yes")
-    assert proc.returncode == 1, proc.stderr
-    line = error_line(proc)
-    assert "Docker" in line and str(docker_proxy.path) in line, line
-    docker_proxy.up()
-    assert "dd" in {r["name"] for r in world.json("list")}
-    world.run("delete", "dd", "--purge", "--yes")
-    assert_gone(world, docker_client, "dd")
-    assert_agree(world, docker_client, {})
+    def docker_up() -> None:
+        for proxy in proxies.values():
+            proxy.up()
+
+    def failed_on_docker(procs: list[subprocess.CompletedProcess]) -> None:
+        for name, proc in zip(points, procs, strict=True):
+            assert proc.returncode == 1, (name, proc.stderr)
+            line = error_line(proc)
+            assert "Docker" in line and str(proxies[name].path) in line, line
+
+    docker_up()
+    try:
+        standin = str(world.standin(TEMPLATE))
+        create = ["--template", TEMPLATE, "--extra-compose", standin]
+        runs = [
+            (point, ["create", name, *create], env)
+            for (name, point), env in zip(points.items(), envs, strict=True)
+        ]
+        failed_on_docker(paused_side_by_side(world, runs, docker_down))
+        docker_up()
+        statuses = {r["name"]: r["status"] for r in world.json("list")}
+        assert [statuses[name] for name in points] == ["incomplete"] * 2, statuses
+        side_by_side(world, [(None, ["create", name]) for name in points], envs)
+        assert_agree(world, docker_client, {"dk1": True, "dk2": True, "keep": False})
+
+        delete = ["--purge", "--yes"]
+        runs = [
+            ("delete.down", ["delete", name, *delete], env)
+            for name, env in zip(points, envs, strict=True)
+        ]
+        failed_on_docker(paused_side_by_side(world, runs, docker_down))
+        docker_up()
+        assert set(points) <= {r["name"] for r in world.json("list")}
+        side_by_side(world, [(None, ["delete", name, *delete]) for name in points], envs)
+    finally:
+        docker_down()
+    for name in points:
+        assert_gone(world, docker_client, name)
+    assert_agree(world, docker_client, {"keep": False})
 
 
 def test_caddy_gone_during_create_delete_and_env_set(world, docker_client, docker_sandbox):

@@ -17,6 +17,8 @@ import httpx
 import pytest
 
 from controller.templatefiles import MAIL_COMPOSE
+from tests.world.caddy import CaddyProcess
+from tests.world.dockerworld import DockerSandbox
 from tests.world.standin import write_standin_overlay
 from tests.world.templates import fixtures_dir
 
@@ -81,19 +83,32 @@ class World:
             args += ["--overlay", overlay]
         return self.run(*args, *extra)
 
-    def create_at_once(self, names: list[str], version: str, *extra: str) -> list[tuple[int, str]]:
-        """Start one `create` process per name at the same moment; (exit status, stderr) each."""
-        overlay = str(self.standin(version))
-        procs = [
-            subprocess.Popen(
-                [*CLI, "create", name, "--template", version, "--extra-compose", overlay, *extra],
-                env=self.env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
+    def create_at_once(
+        self,
+        names: list[str],
+        version: str | list[str],
+        *extra: str,
+        overlays: dict[str, tuple[str, ...]] | None = None,
+    ) -> list[tuple[int, str]]:
+        """Start one `create` process per name at the same moment (``version`` is one template
+        for all or one per name, ``overlays`` per name as in create); (exit status, stderr)
+        each."""
+        versions = [version] * len(names) if isinstance(version, str) else version
+        procs = []
+        for name, v in zip(names, versions, strict=True):
+            chosen = (overlays or {}).get(name, ())
+            args = ["create", name, "--template", v, "--extra-compose", self.standin(v, chosen)]
+            for overlay in chosen:
+                args += ["--overlay", overlay]
+            procs.append(
+                subprocess.Popen(
+                    [*CLI, *args, *extra],
+                    env=self.env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
             )
-            for name in names
-        ]
         results = []
         for proc in procs:
             _, err = proc.communicate(timeout=300)
@@ -108,6 +123,79 @@ class World:
         gateway = [port for key, port in ports.items() if key.endswith(":8000")]
         assert gateway, ports
         return gateway[0]
+
+
+# One instance, started once, serves every test below that needs a running instance and leaves
+# it running: bringing a stack up costs ~10 s on the engine, the tests only seconds.
+SHARED = "shared"
+
+
+def _of_shared(labels: dict | None, name: str) -> bool:
+    labels = labels or {}
+    return labels.get("com.docker.compose.project") == SHARED or name.startswith(
+        (f"{SHARED}-", f"{SHARED}_")
+    )
+
+
+class _TestSandbox(DockerSandbox):
+    """A test's sandbox inside the module's turn: removes what the test made, never the shared
+    instance's objects (a test may recreate one of its containers or its claim)."""
+
+    def new_containers(self) -> list:
+        return [c for c in super().new_containers() if not _of_shared(c.labels, c.name)]
+
+    def new_networks(self) -> list:
+        return [n for n in super().new_networks() if not _of_shared(n.attrs.get("Labels"), n.name)]
+
+    def new_volumes(self) -> list:
+        return [v for v in super().new_volumes() if not _of_shared(v.attrs.get("Labels"), v.name)]
+
+
+@pytest.fixture(scope="module")
+def engine_turn(docker_client):
+    """This module's turn on the engine (the machine-wide lock of tests/world/dockerworld.py),
+    held to the module's end so the shared instance outlives each test; everything the module
+    made, the shared instance too, is removed then."""
+    with DockerSandbox(docker_client).session() as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def docker_sandbox(engine_turn, docker_client):
+    """conftest's docker_sandbox, under the module's turn (taking the lock again would wait on
+    ourselves)."""
+    sandbox = _TestSandbox(docker_client)
+    sandbox.snapshot()
+    try:
+        yield sandbox
+    finally:
+        sandbox.cleanup()
+
+
+@pytest.fixture(scope="module")
+def lab(engine_turn, tmp_path_factory):
+    """The module's ROOT and Caddy, with v0.8.2 imported and SHARED created and started."""
+    base = tmp_path_factory.mktemp("lifecycle")
+    root = base / "root"
+    root.mkdir()
+    caddy = CaddyProcess(root, base / "caddy-run")
+    caddy.start()
+    try:
+        world = World(root, caddy)
+        world.import_template("v0.8.2")
+        world.create(SHARED, "v0.8.2")
+        yield root, caddy
+    finally:
+        caddy.stop()
+
+
+@pytest.fixture
+def shared(lab, docker_sandbox):
+    """A World (its own env) on the module's ROOT, where SHARED runs (checked here). Tests
+    change it only in ways they undo, and leave it running and nothing else of theirs behind."""
+    world = World(*lab)
+    assert _statuses(world)[SHARED] == "running"
+    return world
 
 
 @pytest.fixture
@@ -130,46 +218,46 @@ def _docker_names(client, kind: str, project: str) -> list[str]:
     return [v.name for v in client.volumes.list(filters=label)]
 
 
-def test_instances_from_two_templates_run_side_by_side(world, docker_client):
-    world.import_template("v0.8.2")
+def test_instances_from_two_templates_run_side_by_side(shared, docker_client):
+    world, alpha = shared, SHARED  # a running v0.8.2 instance
     world.import_template("2025-07-15")
-    world.create("alpha", "v0.8.2")
-    world.create("beta", "v0.8.2")
-    world.create("gamma", "2025-07-15")
+    for status, err in world.create_at_once(["beta", "gamma"], ["v0.8.2", "2025-07-15"]):
+        assert status == 0, err
 
-    for name in ("alpha", "beta", "gamma"):
+    for name in (alpha, "beta", "gamma"):
         assert f"of {name}" in _body(world.gateway_port(name))
     listing = {row["name"]: row for row in world.json("list")}
     assert {n: r["status"] for n, r in listing.items()} == {
-        "alpha": "running",
+        alpha: "running",
         "beta": "running",
         "gamma": "running",
     }
     assert all(r["memory_bytes"] and r["memory_bytes"] > 0 for r in listing.values())
-    alpha_containers = _docker_names(docker_client, "containers", "alpha")
-    assert "alpha-db" in alpha_containers and "alpha-realtime" in alpha_containers
+    alpha_containers = _docker_names(docker_client, "containers", alpha)
+    assert f"{alpha}-db" in alpha_containers and f"{alpha}-realtime" in alpha_containers
 
     world.run("stop", "beta")
     assert {r["name"]: r["status"] for r in world.json("list")}["beta"] == "stopped"
-    for name in ("alpha", "gamma"):
+    for name in (alpha, "gamma"):
         assert f"of {name}" in _body(world.gateway_port(name))
     with pytest.raises(httpx.TransportError):
         _body(world.gateway_port("beta"))
 
-    detail = world.json("show", "alpha")
+    detail = world.json("show", alpha)
     assert detail["status"] == "running"
     assert {c["service"] for c in detail["containers"]} >= {"db", "api-gw", "studio", "auth"}
-    env = (world.root / "instances" / "alpha" / ".env").read_text()
+    env = (world.root / "instances" / alpha / ".env").read_text()
     anon = next(line.split("=", 1)[1] for line in env.splitlines() if line.startswith("ANON_KEY="))
     assert anon not in json.dumps(detail), "show must mask keys without --show-secrets"
-    assert anon in world.run("show", "alpha", "--show-secrets").stdout
+    assert anon in world.run("show", alpha, "--show-secrets").stdout
 
-    for name in ("alpha", "beta", "gamma"):
+    for name in ("beta", "gamma"):  # a stopped one and a running one
         world.run("delete", name, "--purge", "--yes")
         for kind in ("containers", "networks", "volumes"):
             assert _docker_names(docker_client, kind, name) == [], (name, kind)
         assert not (world.root / "instances" / name).exists()
-    assert world.state()["instances"] == {}
+    assert list(world.state()["instances"]) == [alpha]
+    assert f"of {alpha}" in _body(world.gateway_port(alpha))
 
 
 def test_delete_without_purge_keeps_the_data(world, docker_client):
@@ -289,10 +377,9 @@ def test_env_changes_are_validated_audited_and_name_services(world):
     assert {"time", "user", "command", "instance", "outcome"} <= set(lines[-1])
 
 
-def test_services_logs_and_restart(world):
-    world.import_template("v0.8.2")
-    world.create("logbook", "v0.8.2")
-    tail = world.run("logs", "logbook", "db", "--tail", "5").stdout.splitlines()
+def test_services_logs_and_restart(shared):
+    world = shared
+    tail = world.run("logs", SHARED, "db", "--tail", "5").stdout.splitlines()
     assert 0 < len(tail) <= 5 and all("db" in line for line in tail)
     # A failed login makes the real PostgreSQL log a FATAL line.
     subprocess.run(
@@ -301,7 +388,7 @@ def test_services_logs_and_restart(world):
             "exec",
             "-e",
             "PGPASSWORD=wrong",
-            "logbook-db",
+            f"{SHARED}-db",
             "psql",
             "-h",
             "127.0.0.1",
@@ -312,22 +399,22 @@ def test_services_logs_and_restart(world):
         ],
         capture_output=True,
     )
-    everything = world.run("logs", "logbook").stdout
+    everything = world.run("logs", SHARED).stdout
     assert "ready to accept connections" in everything
-    errors = world.run("logs", "logbook", "--errors").stdout.splitlines()
+    errors = world.run("logs", SHARED, "--errors").stdout.splitlines()
     assert any("password authentication failed" in line for line in errors), errors
     assert not any("ready to accept connections" in line for line in errors)
 
-    world.run("stop", "logbook", "auth")
-    detail = world.json("show", "logbook")
+    world.run("stop", SHARED, "auth")
+    detail = world.json("show", SHARED)
     states = {c["service"]: c["state"] for c in detail["containers"]}
     assert states["auth"] == "exited" and states["db"] == "running"
     assert detail["status"] == "partial"
-    world.run("start", "logbook", "auth")
-    assert world.json("show", "logbook")["status"] == "running"
-    world.run("restart", "logbook", "api-gw")
-    assert "of logbook" in _body(world.gateway_port("logbook"))
-    bad = world.run("stop", "logbook", "nosuch", check=False)
+    world.run("start", SHARED, "auth")
+    assert world.json("show", SHARED)["status"] == "running"
+    world.run("restart", SHARED, "api-gw")
+    assert f"of {SHARED}" in _body(world.gateway_port(SHARED))
+    bad = world.run("stop", SHARED, "nosuch", check=False)
     assert bad.returncode == 2 and "nosuch" in bad.stderr
 
 
@@ -427,7 +514,9 @@ def test_a_service_that_never_gets_healthy_is_named(world, tmp_path):
         "services:\n  auth:\n    healthcheck: !override\n"
         '      test: ["CMD", "false"]\n      interval: 1s\n      retries: 1\n'
     )
-    world.env["SUPABASE_MANAGER_WAIT_TIMEOUT"] = "20"
+    # A wait far longer than the run may take: an unhealthy service fails create at once, as
+    # compose's `up --wait` does, instead of when the wait runs out.
+    world.env["SUPABASE_MANAGER_WAIT_TIMEOUT"] = "600"
     overlay = str(world.standin("v0.8.2"))
     proc = world.run(
         "create",
@@ -439,24 +528,24 @@ def test_a_service_that_never_gets_healthy_is_named(world, tmp_path):
         "--extra-compose",
         str(sick),
         check=False,
+        timeout=120,
     )
     assert proc.returncode == 1
-    assert "auth" in proc.stderr.splitlines()[-1] and "healthy" in proc.stderr
+    assert "service auth (unhealthy) did not become healthy" in proc.stderr.splitlines()[-1]
     assert world.state()["instances"]["sick"]["phase"] == "creating"
 
 
-def test_logs_follow_streams_until_interrupted(world):
-    world.import_template("v0.8.2")
-    world.create("tail", "v0.8.2")
+def test_logs_follow_streams_until_interrupted(shared):
+    world = shared
     proc = subprocess.Popen(
-        [*CLI, "logs", "tail", "db", "--follow"],
+        [*CLI, "logs", SHARED, "db", "--follow"],
         env=world.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     first = proc.stdout.readline()
-    assert "tail-db" in first
+    assert f"{SHARED}-db" in first
     time.sleep(1)
     assert proc.poll() is None  # still following
     proc.send_signal(signal.SIGINT)
@@ -474,35 +563,34 @@ def _statuses(world) -> dict[str, str]:
     return {row["name"]: row["status"] for row in world.json("list")}
 
 
-def test_start_all_brings_back_what_should_run_and_show_connects(world, docker_client):
-    world.import_template("v0.8.2")
+def test_start_all_brings_back_what_should_run_and_show_connects(shared, docker_client):
+    world, busy = shared, SHARED  # busy runs
     world.create("idle", "v0.8.2", "--no-start")
-    world.create("busy", "v0.8.2")
     # Never started is "stopped" (nothing is missing), running is "running".
-    assert _statuses(world) == {"idle": "stopped", "busy": "running"}
+    assert _statuses(world) == {"idle": "stopped", busy: "running"}
 
     # A reboot: every container stopped behind our back.
-    project = {"label": "com.docker.compose.project=busy"}
+    project = {"label": f"com.docker.compose.project={busy}"}
     for container in docker_client.containers.list(filters=project):
         container.stop(timeout=5)
-    assert _statuses(world)["busy"] == "stopped"
+    assert _statuses(world)[busy] == "stopped"
     down = world.run("check", check=False)
     assert down.returncode == 1
-    assert any(line.startswith("busy: ") for line in down.stdout.splitlines()), down.stdout
+    assert any(line.startswith(f"{busy}: ") for line in down.stdout.splitlines()), down.stdout
     assert not any(line.startswith("idle: ") for line in down.stdout.splitlines()), down.stdout
 
-    assert world.run("start", "--all").stdout == "started busy\n"  # idle was never asked to run
-    assert _statuses(world) == {"idle": "stopped", "busy": "running"}
-    assert "of busy" in _body(world.gateway_port("busy"))
+    assert world.run("start", "--all").stdout == f"started {busy}\n"  # idle was never asked to run
+    assert _statuses(world) == {"idle": "stopped", busy: "running"}
+    assert f"of {busy}" in _body(world.gateway_port(busy))
     assert _docker_names(docker_client, "containers", "idle") == []
     up = world.run("check", check=False)
-    assert not any(line.startswith("busy: ") for line in up.stdout.splitlines()), up.stdout
+    assert not any(line.startswith(f"{busy}: ") for line in up.stdout.splitlines()), up.stdout
 
     # show: the connection strings a user copies, with the real password only when asked.
-    values = _dotenv(world, "busy")
+    values = _dotenv(world, busy)
     password, tenant, db = values["POSTGRES_PASSWORD"], values["POOLER_TENANT_ID"], "postgres"
-    ports = world.state()["instances"]["busy"]["ports"]
-    shown = world.json("show", "busy", "--show-secrets")["connections"]
+    ports = world.state()["instances"][busy]["ports"]
+    shown = world.json("show", busy, "--show-secrets")["connections"]
     assert shown == {
         "direct": f"postgres://postgres:{password}@db:5432/{db} (inside the instance network)",
         "pooler (session)": (
@@ -512,17 +600,17 @@ def test_start_all_brings_back_what_should_run_and_show_connects(world, docker_c
             f"postgres://postgres.{tenant}:{password}@127.0.0.1:{ports['supavisor:6543']}/{db}"
         ),
     }
-    masked = world.json("show", "busy")["connections"]
+    masked = world.json("show", busy)["connections"]
     assert masked["direct"] == shown["direct"].replace(password, "********")
     assert password not in json.dumps(masked)
     # The direct string works: the real PostgreSQL answers with it inside the network.
     url = shown["direct"].split(" ", 1)[0]
     answer = subprocess.run(
-        ["docker", "exec", "busy-db", "psql", url, "-tAc", "select current_user"],
+        ["docker", "exec", f"{busy}-db", "psql", url, "-tAc", "select current_user"],
         capture_output=True,
         text=True,
     )
     assert answer.returncode == 0 and answer.stdout.strip() == "postgres", answer.stderr
 
-    world.run("delete", "busy", "--purge", "--yes")
     world.run("delete", "idle", "--purge", "--yes")
+    assert _statuses(world) == {busy: "running"}

@@ -1,9 +1,9 @@
 """`metrics`, `metrics serve` and `check` against the real Docker engine and Caddy.
 
-One module-scoped set of instances on the stand-in images (Supabase's own cannot be pulled here):
-`run` running, `off` started then stopped, `new` created with --no-start. The exporter runs as
-the real `supabase-manager metrics serve` process; its answer is parsed with prometheus_client's
-parser and compared with what `list` and `show` report.
+One module-scoped set of instances on the stand-in images (Supabase's own cannot be pulled here),
+created side by side: `run` running, `off` started then stopped, `new` created with --no-start.
+The exporter runs as the real `supabase-manager metrics serve` process; its answer is parsed with
+prometheus_client's parser and compared with what `list` and `show` report.
 """
 
 from __future__ import annotations
@@ -43,13 +43,33 @@ def world(tmp_path_factory, docker_client) -> Iterator[World]:
         with DockerSandbox(docker_client).session():
             w = World(root, caddy)
             w.import_template("v0.8.2")
-            w.create("run", "v0.8.2")
-            w.create("off", "v0.8.2")
+            _create_side_by_side(w, {"run": [], "off": [], "new": ["--no-start"]})
             w.run("stop", "off")
-            w.create("new", "v0.8.2", "--no-start")
             yield w
     finally:
         caddy.stop()
+
+
+def _create_side_by_side(world: World, names: dict[str, list[str]]) -> None:
+    """One `create` process per instance (with its extra arguments), all at the same moment:
+    their waits on the engine and the healthchecks overlap."""
+    overlay = str(world.standin("v0.8.2"))
+    procs = {
+        name: subprocess.Popen(
+            [*CLI, "create", name, "--template", "v0.8.2", "--extra-compose", overlay, *extra],
+            env=world.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, extra in names.items()
+    }
+    failed = []
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=300)
+        if proc.returncode != 0:
+            failed.append(f"create {name} exited {proc.returncode}: {err}")
+    assert not failed, "\n".join(failed)
 
 
 @contextlib.contextmanager

@@ -138,6 +138,7 @@ def world(tmp_path_factory, docker_client, worker):
         w.expected = fingerprint()
         w.expected_files = local_files(w.folder)
         w.engine = worker.engine_url
+        w.moved_here = False  # the volumes here were made by a move (not by compose)
         yield w
 
 
@@ -177,8 +178,8 @@ def test_backup_of_the_remote_instance_reads_its_data_there(world):
     )
     names = subprocess.run(["tar", "-tf", "-"], input=dump.stdout, capture_output=True)
     assert "volumes/storage/stub/bucket/photo.bin" in names.stdout.decode()
-    proc = world.run("restore", NAME, "--dry-run")
-    assert "restorable" in proc.stdout and "FAIL" not in proc.stdout
+    # That such a backup restores (and `restore --dry-run` proves it there) is
+    # tests/test_remote_restore.py's.
 
 
 @pytest.mark.docker
@@ -214,6 +215,37 @@ def test_move_back_here_keeps_rows_and_files_and_leaves_nothing_there(world):
     finally:
         client.close()
     assert world.worker.run(["test", "-e", str(world.folder)], check=False).returncode == 1
+    world.moved_here = True
+
+
+@pytest.mark.docker
+def test_a_moved_instance_deleted_without_purge_is_restored_over_its_kept_volumes(
+    world, docker_client
+):
+    """The volumes `move` makes on the new host (from its backup, not by compose) carry this
+    ROOT's label as compose's do: after `delete` without --purge keeps them, `restore` there
+    takes them for this ROOT's own and sets them aside, instead of refusing them."""
+    if not world.moved_here:  # run alone: the instance here was made by `create`
+        world.run("move", NAME, "--to", HOST)
+        world.run("move", NAME, "--to", "local")
+        world.moved_here = True
+    project = {"label": f"com.docker.compose.project={NAME}"}
+    kept = docker_client.volumes.list(filters=project)
+    assert kept
+    root_id = (world.root / "root-id").read_text().strip()
+    for volume in kept:
+        assert volume.attrs["Labels"].get("io.supabase-manager.root") == root_id
+    world.run("delete", NAME, "--yes")
+    assert {v.name for v in docker_client.volumes.list(filters=project)} == {v.name for v in kept}
+    proc = world.run("--json", "restore", NAME, "--host", "local", check=False)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["created"] is True and result["host"] == "local"
+    assert fingerprint() == world.expected
+    assert local_files(world.folder) == world.expected_files
+    assert not list((world.root / "restore").iterdir())  # no marker, no aside copy
+    assert answers_through_caddy(world)
+    world.moved_here = False  # restored: the next cases start from a running instance here
 
 
 @pytest.mark.docker

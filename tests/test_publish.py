@@ -47,8 +47,8 @@ def _live_ids(world) -> list[str]:
 
 
 def test_instances_are_served_on_their_own_hosts(world, docker_client):
-    world.create("red", "v0.8.2", overlays=("mail",))
-    world.create("blue", "v0.8.2")
+    made = world.create_at_once(["red", "blue"], "v0.8.2", overlays={"red": ("mail",)})
+    assert [status for status, _ in made] == [0, 0], made
 
     assert _get(world, "red.sbm.test").text.strip() == "standin api-gw of red"
     assert _get(world, "blue.sbm.test").text.strip() == "standin api-gw of blue"

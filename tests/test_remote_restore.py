@@ -1,11 +1,13 @@
 """`restore` and `clone` of an instance on another host (issue 15), through the real CLI, real
 restic, the real second engine behind sshd (tests/world/worker.py) and a real Caddy.
 
-One instance runs on the worker for the whole module, with real rows (the db service is a real
-PostgreSQL) and real storage files in its bind-mounted folder, which live on the worker only
+One instance runs on the worker for the whole module (the session's ``shared_world``, see
+tests/world/remote.py; each test leaves it as it found it), with real rows (the db service is a
+real PostgreSQL) and real storage files in its bind-mounted folder, which live on the worker only
 (its own mount namespace). Its rows are read through the worker's engine, its files with
 ``worker.run``; the local engine is watched (its event stream) to hold nothing of the restores.
-Supabase's other service images are stand-ins (tests/world/standin.py).
+Supabase's other service images are stand-ins (tests/world/standin.py). A restore over the
+volumes a `move` made is in tests/test_move.py, which moves one.
 
 Where a new instance goes without --host is made certain by the worker reporting far more or
 far less free memory than this machine (``worker.fake_meminfo``), so that each case shows the
@@ -14,7 +16,6 @@ rule it follows and not the other one.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -26,10 +27,9 @@ from controller.containerio import HELPER_LABEL
 from controller.ops import restore as restore_op
 from controller.ops.base import Context
 from controller.state import HostRecord
-from tests.world import remote
-from tests.world.remote import HOST, STORAGE, psql, worker_files
+from tests.world.remote import HOST, SHARED, STORAGE, psql, rows, worker_files
 
-NAME = "rr"
+NAME = SHARED
 TEMPLATE = "v0.8.2"
 GIB_KIB = 1024 * 1024
 MUCH_LESS = 64 * 1024  # KiB the worker reports when it has far less free memory than here
@@ -133,23 +133,6 @@ def test_host_names_complete_for_host_as_for_create(two_hosts):
 
 
 # --- the real thing: an instance on the worker ---------------------------------------------------
-class World(remote.RemoteRoot):
-    def folder(self, name: str = NAME) -> Path:
-        return self.root / "instances" / name
-
-    def state(self) -> dict:
-        return json.loads((self.root / "state.json").read_text())
-
-    def root_id(self) -> str:
-        return (self.root / "root-id").read_text().strip()
-
-
-def rows(name: str, engine: str | None = None) -> dict:
-    """What a user compares: the count and checksum of each table, and the role."""
-    role = psql(name, "select rolname from pg_roles where rolname = 'app_user'", engine)
-    return {**remote.checksums(name, engine), "role": role}
-
-
 def local_files(folder: Path) -> list[str]:
     storage = folder / STORAGE
     return sorted(str(p.relative_to(storage)) for p in storage.rglob("*") if p.is_file())
@@ -202,27 +185,9 @@ def claim_of(client, name: str) -> dict | None:
     return found[0].attrs["Labels"] if found else None
 
 
-def write_data(world) -> None:
-    remote.write_rows(NAME, 20000, world.worker.engine_url)
-    bucket = world.folder() / STORAGE / "stub" / "bucket"
-    world.worker.run(
-        f"mkdir -p {bucket} && head -c 1048576 /dev/urandom > {bucket}/photo.bin"
-        f" && echo 'hello from storage' > {bucket}/note.txt"
-    )
-
-
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, docker_client, worker):
-    base = tmp_path_factory.mktemp("remote-restore")
-    with remote.remote_world(
-        base, docker_client, worker, world=World, env=remote.DEBUG, template=TEMPLATE, instance=NAME
-    ) as w:
-        write_data(w)
-        w.backup = w.json("backup", NAME)["backup"]
-        w.expected = rows(NAME, worker.engine_url)
-        w.expected_files = worker_files(worker, w.folder())
-        assert w.expected_files and w.expected["role"] == "app_user"
-        yield w
+def world(shared_world):
+    return shared_world.converge()
 
 
 @pytest.mark.docker
@@ -247,7 +212,9 @@ def test_an_unknown_or_other_host_is_refused_and_changes_nothing(world):
 
 
 @pytest.mark.docker
-def test_restore_in_place_puts_rows_and_files_back_on_the_worker(world, docker_client):
+def test_restore_in_place_puts_rows_and_files_back_on_the_worker(
+    world, docker_client, docker_sandbox
+):
     engine = world.worker.engine_url
     psql(NAME, "insert into shop.customers (email) values ('late@example.com')", engine)
     bucket = world.folder() / STORAGE / "stub" / "bucket"
@@ -269,7 +236,9 @@ def test_restore_in_place_puts_rows_and_files_back_on_the_worker(world, docker_c
 
 
 @pytest.mark.docker
-def test_dry_run_proves_the_backup_on_the_worker_and_leaves_nothing(world, docker_client):
+def test_dry_run_proves_the_backup_on_the_worker_and_leaves_nothing(
+    world, docker_client, docker_sandbox
+):
     before = engine_objects(world.client)
     since = time.time()
     proc = world.run("restore", NAME, "--dry-run")
@@ -288,7 +257,7 @@ def test_dry_run_proves_the_backup_on_the_worker_and_leaves_nothing(world, docke
 
 
 @pytest.mark.docker
-def test_restore_as_goes_to_the_host_asked_for_and_claims_it(world, docker_client):
+def test_restore_as_goes_to_the_host_asked_for_and_claims_it(world, docker_client, docker_sandbox):
     # The worker has far more free memory: without --host it would go there.
     with world.worker.fake_meminfo(much_more()):
         result = world.json("restore", NAME, "--as", "rr2", "--host", "local")
@@ -304,7 +273,9 @@ def test_restore_as_goes_to_the_host_asked_for_and_claims_it(world, docker_clien
 
 
 @pytest.mark.docker
-def test_clone_without_host_goes_where_create_would_and_claims_it_there(world, docker_client):
+def test_clone_without_host_goes_where_create_would_and_claims_it_there(
+    world, docker_client, docker_sandbox
+):
     since = time.time()
     with world.worker.fake_meminfo(much_more()):
         result = world.json("clone", NAME, "rr3")
@@ -320,7 +291,9 @@ def test_clone_without_host_goes_where_create_would_and_claims_it_there(world, d
 
 
 @pytest.mark.docker
-def test_a_deleted_instance_comes_back_on_the_host_of_its_backup(world, docker_client):
+def test_a_deleted_instance_comes_back_on_the_host_of_its_backup(
+    world, docker_client, docker_sandbox
+):
     world.run("delete", NAME, "--purge", "--yes")
     assert worker_files(world.worker, world.folder()) == {}
     since = time.time()
@@ -335,27 +308,3 @@ def test_a_deleted_instance_comes_back_on_the_host_of_its_backup(world, docker_c
     assert events_during(docker_client, since) == []
     api = world.caddy.get(f"{NAME}.sbm.test", "/rest/v1/")
     assert api.status_code == 200 and f"of {NAME}" in api.text
-
-
-@pytest.mark.docker
-def test_a_moved_instance_deleted_without_purge_is_restored_over_its_kept_volumes(
-    world, docker_client
-):
-    """The volumes `move` makes on the new host (from its backup, not by compose) carry this
-    ROOT's label as compose's do: after `delete` without --purge keeps them, `restore` there
-    takes them for this ROOT's own and sets them aside, instead of refusing them."""
-    project = {"label": f"com.docker.compose.project={NAME}"}
-    world.run("move", NAME, "--to", "local")
-    kept = docker_client.volumes.list(filters=project)
-    assert kept
-    for volume in kept:
-        assert volume.attrs["Labels"].get("io.supabase-manager.root") == world.root_id()
-    world.run("delete", NAME, "--yes")
-    assert {v.name for v in docker_client.volumes.list(filters=project)} == {v.name for v in kept}
-    proc = world.run("--json", "restore", NAME, "--host", "local", check=False)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
-    assert result["created"] is True and result["host"] == "local"
-    assert rows(NAME) == world.expected
-    assert local_files(world.folder()) == sorted(world.expected_files)
-    assert not list((world.root / "restore").iterdir())  # no marker, no aside copy

@@ -10,8 +10,11 @@ local image that the worker's engine holds too.
 
 What a user would check: the new template runs on the worker's engine and nothing of it on this
 machine's; the rows written before are there; the gateway answers through Caddy; the worker's
-copy of the folder holds the new files. A failed upgrade, `upgrade --rollback` and a killed
-upgrade each leave the old template running on the worker with the rows intact.
+copy of the folder holds the new files. A failed upgrade (rolled back by itself) and a killed
+upgrade (put back by `start`) each leave the old template running on the worker with the rows
+intact. Both restore the backup on the worker through the same rollback that `upgrade --rollback`
+runs on request; tests/test_upgrade.py proves that command (locally), so it is not repeated here.
+Each test starts from "base" and leaves it (the upgrade runs last), so each also runs alone.
 """
 
 from __future__ import annotations
@@ -140,6 +143,21 @@ def test_failed_upgrade_is_rolled_back_on_the_worker(world, docker_client):
     assert_on_the_worker(world, docker_client, "base")
 
 
+def test_a_killed_upgrade_is_put_back_by_start(world, docker_client):
+    world.psql("insert into public.notes values (1001, 'written before the upgrade')")
+    world.expected = world.psql(ROWS)
+    killed = world.run(
+        *("upgrade", NAME, "--template", "bumped"),
+        check=False,
+        env={"SUPABASE_MANAGER_FAULT": "upgrade.recreated"},
+    )
+    assert killed.returncode == -9, killed.stderr
+    assert world.record()["template"] == "bumped"  # killed half-way
+    world.run("start", NAME)
+    assert_on_the_worker(world, docker_client, "base")
+    assert not (world.root / "upgrade" / f"{NAME}.running").exists()
+
+
 def test_upgrade_runs_the_new_template_on_the_worker(world, docker_client):
     from tests.world.net import port_open
 
@@ -171,23 +189,3 @@ def test_upgrade_runs_the_new_template_on_the_worker(world, docker_client):
     port = world.record()["ports"]["greeter:7070"]
     assert port != taken and PORT_RANGE[0] <= port <= PORT_RANGE[1]
     assert port_open(port, world.worker.address) and not port_open(port, "127.0.0.1")
-
-
-def test_rollback_on_request_puts_the_old_template_back_on_the_worker(world, docker_client):
-    world.run("upgrade", NAME, "--rollback")
-    assert_on_the_worker(world, docker_client, "base")
-
-
-def test_a_killed_upgrade_is_put_back_by_start(world, docker_client):
-    world.psql("insert into public.notes values (1001, 'written before the upgrade')")
-    world.expected = world.psql(ROWS)
-    killed = world.run(
-        *("upgrade", NAME, "--template", "bumped"),
-        check=False,
-        env={"SUPABASE_MANAGER_FAULT": "upgrade.recreated"},
-    )
-    assert killed.returncode == -9, killed.stderr
-    assert world.record()["template"] == "bumped"  # killed half-way
-    world.run("start", NAME)
-    assert_on_the_worker(world, docker_client, "base")
-    assert not (world.root / "upgrade" / f"{NAME}.running").exists()

@@ -213,6 +213,14 @@ def test_a_killed_restore_is_settled_by_start_and_blocks_create(world, monkeypat
         f"`start {NEW}` to settle it first"
     )
     assert marker(world).exists() and NEW in world.ctx.store.read().instances
+    # `delete` too: the rollback would otherwise bring back what it removes, or block a create.
+    proc = cli(world.settings.root, "delete", NEW, "--purge", "--yes")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f"supabase-manager: a restore of {NEW} was interrupted: run `start {NEW}` first (it "
+        "finishes or undoes it)"
+    )
+    assert marker(world).exists() and NEW in world.ctx.store.read().instances
     # `start` rolls the restore back (the instance it was making is gone, and says so).
     with pytest.raises(OperationError, match=f"restore .* is undone and {NEW} no longer exists"):
         Manager(world.settings).start(NEW)

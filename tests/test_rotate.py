@@ -18,6 +18,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from secrets import token_hex
 
 import jwt
 import pytest
@@ -185,10 +186,14 @@ def test_dry_run_shows_the_plan_and_changes_nothing(world):
     assert all_log_in(before["POSTGRES_PASSWORD"])
 
 
-def test_postgres_password_rotation_reaches_every_role_and_the_pooler(world):
-    old = world.values()["POSTGRES_PASSWORD"]
+def test_password_and_jwt_rotation_reach_every_role_the_pooler_and_the_keys(world):
+    """One rotation of both secrets the database holds (as a user rotating after a leak would):
+    the password of every role, Supavisor's stored tenant, app.settings.jwt_secret and the
+    client keys re-signed, the services recreated with them."""
+    before = world.values()
+    old = before["POSTGRES_PASSWORD"]
     # Supavisor's stored tenant (its schema from Supavisor's migrations; no Supavisor runs here).
-    tenant = world.values()["POOLER_TENANT_ID"]
+    tenant = before["POOLER_TENANT_ID"]
     psql(
         "create table if not exists _supavisor.tenants (id uuid primary key default "
         "gen_random_uuid(), external_id text unique not null, db_host text);"
@@ -196,28 +201,44 @@ def test_postgres_password_rotation_reaches_every_role_and_the_pooler(world):
         "on conflict do nothing",
         "_supabase",
     )
-    proc = world.run("rotate", NAME, "POSTGRES_PASSWORD")
-    new = world.values()["POSTGRES_PASSWORD"]
+    # A database webhook holding the service key as a trigger argument (as Studio makes them).
+    psql(
+        "create table if not exists public.orders (id int);"
+        "drop trigger if exists notify_orders on public.orders;"
+        "create trigger notify_orders after insert on public.orders for each row execute "
+        "function supabase_functions.http_request('http://hook.example/x', 'POST', "
+        f"'{{\"Authorization\": \"Bearer {before['SERVICE_ROLE_KEY']}\"}}', '{{}}', '1000')"
+    )
+    proc = world.run("rotate", NAME, "POSTGRES_PASSWORD", "JWT_SECRET")
+    after = world.values()
+    # POSTGRES_PASSWORD: every role, the pooler's tenant (Supavisor re-makes it from the env).
+    new = after["POSTGRES_PASSWORD"]
     assert new != old and len(new) >= 32
     assert logins(new) == dict.fromkeys(PASSWORD_ROLES, True)
     assert none_log_in(old)
     assert psql("select count(*) from _supavisor.tenants", "_supabase") == "0"
     assert "rotated POSTGRES_PASSWORD" in proc.stdout and "recreated:" in proc.stdout
+    # JWT_SECRET: in the database too, and the client keys re-signed with it alone.
+    assert after["JWT_SECRET"] != before["JWT_SECRET"]
+    assert jwt_setting() == after["JWT_SECRET"]
+    for key, role in (("ANON_KEY", "anon"), ("SERVICE_ROLE_KEY", "service_role")):
+        claims = jwt.decode(after[key], after["JWT_SECRET"], algorithms=["HS256"])
+        assert claims["role"] == role
+        with pytest.raises(jwt.InvalidSignatureError):
+            jwt.decode(after[key], before["JWT_SECRET"], algorithms=["HS256"])
+        assert after[key] != before[key]
+    assert "client keys changed: ANON_KEY, SERVICE_ROLE_KEY" in proc.stdout
+    assert "SERVICE_ROLE_KEY: trigger notify_orders on orders" in proc.stderr
+    secrets = [old, new, before["SERVICE_ROLE_KEY"], before["JWT_SECRET"], after["JWT_SECRET"]]
     for text in (proc.stdout, proc.stderr, (world.root / "audit.log").read_text()):
-        assert new not in text and old not in text
+        assert not [s for s in secrets if s in text]
     assert not world.journal().exists()
-    # The services were recreated with it: the database's own container env has it too.
+    # The services were recreated with them: the auth container's env has the new values.
     env = subprocess.run(
         ["docker", "exec", f"{NAME}-auth", "env"], capture_output=True, text=True
     ).stdout
     assert new in env and old not in env
-
-
-def test_env_set_postgres_password_goes_through_the_rotation(world):
-    chosen = "c0ffee" * 6
-    world.run("env", NAME, "set", f"POSTGRES_PASSWORD={chosen}")
-    assert world.values()["POSTGRES_PASSWORD"] == chosen
-    assert all_log_in(chosen)
+    assert after["JWT_SECRET"] in env and before["JWT_SECRET"] not in env
 
 
 def test_a_failed_health_check_puts_the_old_password_back(world):
@@ -237,32 +258,6 @@ def test_a_failed_health_check_puts_the_old_password_back(world):
     assert all_log_in(old)
     assert none_log_in(FAILING_PASSWORD)
     assert not world.journal().exists()
-
-
-def test_jwt_secret_rotation_resigns_keys_and_warns_about_copies(world):
-    before = world.values()
-    # A database webhook holding the service key as a trigger argument (as Studio makes them).
-    psql(
-        "create table if not exists public.orders (id int);"
-        "drop trigger if exists notify_orders on public.orders;"
-        "create trigger notify_orders after insert on public.orders for each row execute "
-        "function supabase_functions.http_request('http://hook.example/x', 'POST', "
-        f"'{{\"Authorization\": \"Bearer {before['SERVICE_ROLE_KEY']}\"}}', '{{}}', '1000')"
-    )
-    proc = world.run("rotate", NAME, "JWT_SECRET")
-    after = world.values()
-    assert after["JWT_SECRET"] != before["JWT_SECRET"]
-    assert jwt_setting() == after["JWT_SECRET"]
-    for key, role in (("ANON_KEY", "anon"), ("SERVICE_ROLE_KEY", "service_role")):
-        claims = jwt.decode(after[key], after["JWT_SECRET"], algorithms=["HS256"])
-        assert claims["role"] == role
-        with pytest.raises(jwt.InvalidSignatureError):
-            jwt.decode(after[key], before["JWT_SECRET"], algorithms=["HS256"])
-        assert after[key] != before[key]
-    assert "client keys changed: ANON_KEY, SERVICE_ROLE_KEY" in proc.stdout
-    assert "SERVICE_ROLE_KEY: trigger notify_orders on orders" in proc.stderr
-    for text in (proc.stdout, proc.stderr):
-        assert before["SERVICE_ROLE_KEY"] not in text and after["JWT_SECRET"] not in text
 
 
 def test_dashboard_password_goes_live_to_caddy_without_a_restart(world):
@@ -291,30 +286,35 @@ def test_secrets_that_cannot_be_rotated_in_place_are_refused_plainly(world):
 
 
 # --- SIGKILL at each step, then the next command converges ---------------------------------------
+# Each case leaves the instance converged and healthy, so the next one runs on it. Every kill
+# point and both converging commands (`rotate`, `start`) are covered, on both sides; the kill at
+# "database" then `start` runs on the worker (tests/test_remote_rotate.py). `env set
+# POSTGRES_PASSWORD=` goes through the same rotation: one case kills that, and its chosen value
+# must be the one everywhere after.
 @pytest.mark.parametrize(
-    ("step", "then", "side"),
+    ("step", "then", "side", "how"),
     [
-        ("journal", "rotate", "old"),
-        ("journal", "start", "old"),
-        ("database", "start", "new"),
-        ("pooler", "rotate", "new"),
-        ("env", "start", "new"),
-        ("recreate", "rotate", "new"),
-        ("recreate", "start", "new"),
+        ("journal", "rotate", "old", "rotate"),
+        ("journal", "start", "old", "rotate"),
+        ("pooler", "rotate", "new", "rotate"),
+        ("env", "start", "new", "env set"),
+        ("recreate", "rotate", "new", "rotate"),
     ],
 )
-def test_killed_rotation_converges(world, step, then, side):
+def test_killed_rotation_converges(world, step, then, side, how):
     old = world.values()["POSTGRES_PASSWORD"]
-    killed = world.run(
-        "rotate",
-        NAME,
-        "POSTGRES_PASSWORD",
-        check=False,
-        env={"SUPABASE_MANAGER_FAULT": f"rotate:{step}"},
+    chosen = token_hex(18)
+    command = (
+        ("rotate", NAME, "POSTGRES_PASSWORD")
+        if how == "rotate"
+        else ("env", NAME, "set", f"POSTGRES_PASSWORD={chosen}")
     )
+    killed = world.run(*command, check=False, env={"SUPABASE_MANAGER_FAULT": f"rotate:{step}"})
     assert killed.returncode == -9, killed.stderr
     assert world.journal().exists()
     new = json.loads(world.journal().read_text())["new"]["POSTGRES_PASSWORD"]
+    if how == "env set":
+        assert new == chosen
     world.run(then, NAME)
     assert not world.journal().exists()
     value = world.values()["POSTGRES_PASSWORD"]

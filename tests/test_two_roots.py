@@ -1,5 +1,5 @@
-"""Two data roots on one Docker engine: neither sees, changes or deletes the other's objects, and
-they never hand out the same host ports.
+"""Two data roots on one Docker engine and one Caddy: neither sees, changes or deletes the other's
+objects, and they never hand out the same host ports.
 
 Supabase's images cannot be pulled here: the instance runs the stand-in overlay
 (tests/world/standin.py) through --extra-compose. Both ROOTs push their routes into one Caddy
@@ -97,9 +97,27 @@ def _refused(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_two_roots_on_one_engine(tmp_path, caddy, docker_client, docker_sandbox):
-    a = Root(tmp_path / "a", "a.test", caddy.admin_url, caddy.http_port)
+def _routed(caddy, host: str) -> str:
+    """What Caddy's listener answers for ``host`` ("" when no route has it)."""
+    return caddy.get(host).text.strip()
+
+
+def test_two_roots_on_one_engine_and_one_caddy(
+    data_root, tmp_path, caddy, docker_client, docker_sandbox
+):
+    """Two ROOTs on the same engine, their instances behind the same Caddy, whose Caddyfile
+    imports both snippet folders. Neither sees, changes or deletes the other's objects, an
+    instance of the same name included (the claim on the engine refuses it); they never hand
+    out the same host port; `list`, `caddy status`, `caddy sync` (also after a Caddy restart,
+    when every route is an id-less copy from a snippet) and `delete --purge` each see and touch
+    only their own ROOT's. One running instance per ROOT serves every step."""
+    a = Root(data_root, "a.test", caddy.admin_url, caddy.http_port)
     b = Root(tmp_path / "b", "b.test", caddy.admin_url, caddy.http_port)
+    mine = f"import {caddy.snippet_dir}/*.conf\n"
+    caddy.caddyfile.write_text(
+        caddy.caddyfile_text().replace(mine, f"{mine}import {b.root}/caddy/*.conf\n")
+    )
+    caddy.restart()
     for each in (a, b):
         each.ok("template", "import", str(FIXTURE), "--name", "t")
     standin = write_standin_overlay(
@@ -122,12 +140,54 @@ def test_two_roots_on_one_engine(tmp_path, caddy, docker_client, docker_sandbox)
 
     # A's own claim never stands in its way.
     a.ok("start", "c1")
-    mine = _objects(docker_client, "c1")
-    assert mine["containers"] and all("running" in s for s in mine["containers"].values())
-    assert set(mine["volumes"].values()) == {a.id} and set(mine["networks"].values()) == {a.id}
+    ours = _objects(docker_client, "c1")
+    assert ours["containers"] and all("running" in s for s in ours["containers"].values())
+    assert set(ours["volumes"].values()) == {a.id} and set(ours["networks"].values()) == {a.id}
     project = {"label": "com.docker.compose.project=c1"}
     for container in docker_client.containers.list(all=True, filters=project):
         assert container.labels[ROOT_LABEL] == a.id
+
+    # B runs web beside it: no port handed out twice, each lists and routes its own.
+    b.ok("create", "web", *extra)
+    assert b.ports("web") and not a.ports("c1") & b.ports("web")
+    assert list(a.listed()) == ["c1"] and sorted(b.listed()) == ["c2", "web"]
+    assert _routed(caddy, "c1.a.test") == "standin api-gw of c1"
+    assert _routed(caddy, "web.b.test") == "standin api-gw of web"
+
+    def status(root: Root) -> dict:
+        st = json.loads(root.ok("--json", "caddy", "status").stdout)
+        assert st["extra"] == [] and st["extra_snippets"] == [], st
+        return st["instances"]
+
+    assert status(a) == {"c1": "ok"} and status(b) == {"c2": "ok", "web": "ok"}
+    routes = caddy.routes()
+    a.ok("caddy", "sync")
+    b.ok("caddy", "sync")
+    assert caddy.routes() == routes
+
+    # Restarted, Caddy serves both from the snippets, without ids: each sync gives back its own
+    # ids and leaves the other's copy in place.
+    caddy.restart()
+    assert status(a) == {"c1": "stale"} and status(b) == {"c2": "stale", "web": "stale"}
+    a.ok("caddy", "sync")
+    assert status(a) == {"c1": "ok"} and status(b) == {"c2": "stale", "web": "stale"}
+    assert _routed(caddy, "web.b.test") == "standin api-gw of web"
+    b.ok("caddy", "sync")
+    assert status(a) == {"c1": "ok"} and status(b) == {"c2": "ok", "web": "ok"}
+    assert _routed(caddy, "c1.a.test") == "standin api-gw of c1"
+
+    # B's delete --purge removes its own instance only; it has no c1 to delete.
+    snippet = (a.root / "caddy" / "c1.conf").read_text()
+    b.ok("delete", "web", "--purge", "--yes")
+    assert _objects(docker_client, "web") == {"containers": {}, "volumes": {}, "networks": {}}
+    assert _objects(docker_client, "c1") == ours
+    assert (a.root / "caddy" / "c1.conf").read_text() == snippet
+    assert _routed(caddy, "web.b.test") == ""
+    assert _routed(caddy, "c1.a.test") == "standin api-gw of c1"
+    assert status(a) == {"c1": "ok"} and status(b) == {"c2": "ok"}
+    gone = b.run("delete", "c1", "--purge", "--yes")
+    assert gone.returncode == 1 and "no instance named 'c1'" in gone.stderr
+    assert _objects(docker_client, "c1") == ours
 
     # B names an instance c1 while Docker is down: nothing can be checked, it is created as
     # before (no claim: it has none to make).
@@ -143,11 +203,12 @@ def test_two_roots_on_one_engine(tmp_path, caddy, docker_client, docker_sandbox)
     started = b.run("start", "c1")
     assert started.returncode == 2, started.stderr
     assert "not this ROOT's" in started.stderr and len(started.stderr.strip().splitlines()) == 1
-    assert _objects(docker_client, "c1") == mine
+    assert _objects(docker_client, "c1") == ours
     b.ok("delete", "c1", "--purge", "--yes")
-    assert _objects(docker_client, "c1") == mine
+    assert _objects(docker_client, "c1") == ours
     assert _claims(docker_client, "c1") == {"c1_sbm-claim": (a.id, a.ports("c1"))}
     assert "c1" not in b.listed()
+    assert _routed(caddy, "c1.a.test") == "standin api-gw of c1"
 
     # With A's c1 stopped (its ports no longer bound), B may neither take the name again nor
     # hand out A's ports.
@@ -160,87 +221,16 @@ def test_two_roots_on_one_engine(tmp_path, caddy, docker_client, docker_sandbox)
     assert not a.ports("c1") & b.ports("c3")
     assert "c2" not in a.listed() and "c3" not in a.listed()
 
-    # Deleted, A's c1 leaves nothing on the engine, its claim included: B may now take it.
+    # Deleted, A's c1 leaves nothing on the engine or in Caddy, its claim included: B may now
+    # take the name.
     a.ok("delete", "c1", "--purge", "--yes")
     assert _objects(docker_client, "c1") == {"containers": {}, "volumes": {}, "networks": {}}
     assert _claims(docker_client, "c1") == {}
+    assert _routed(caddy, "c1.a.test") == ""
+    assert not [r for r in caddy.routes() if "a.test" in json.dumps(r)], caddy.routes()
+    assert status(b) == {"c2": "ok", "c3": "ok"}
     b.ok("create", "c1", "--no-start", *extra)
     assert _claims(docker_client, "c1") == {"c1_sbm-claim": (b.id, b.ports("c1"))}
-
-
-def _routed(caddy, host: str) -> str:
-    """What Caddy's listener answers for ``host`` ("" when no route has it)."""
-    return caddy.get(host).text.strip()
-
-
-def test_two_roots_on_one_engine_and_one_caddy(
-    data_root, tmp_path, caddy, docker_client, docker_sandbox
-):
-    """End to end, both ROOTs running instances behind the same Caddy, whose Caddyfile imports
-    both snippet folders: `list`, `caddy status`, `caddy sync` (also after a Caddy restart, when
-    every route is an id-less copy from a snippet), `delete --purge` and port allocation each see
-    and touch only their own ROOT's objects."""
-    a = Root(data_root, "a.test", caddy.admin_url, caddy.http_port)
-    b = Root(tmp_path / "b", "b.test", caddy.admin_url, caddy.http_port)
-    mine = f"import {caddy.snippet_dir}/*.conf\n"
-    caddy.caddyfile.write_text(
-        caddy.caddyfile_text().replace(mine, f"{mine}import {b.root}/caddy/*.conf\n")
-    )
-    caddy.restart()
-    for each in (a, b):
-        each.ok("template", "import", str(FIXTURE), "--name", "t")
-    standin = write_standin_overlay(
-        [a.root / "templates" / "t" / "docker-compose.yml"], tmp_path / "standin.yml"
-    )
-    extra = ["--template", "t", "--extra-compose", str(standin)]
-    a.ok("create", "app", *extra)
-    b.ok("create", "web", *extra)
-
-    # The same port range, yet no port handed out twice.
-    assert a.ports("app") and b.ports("web") and not a.ports("app") & b.ports("web")
-    assert list(a.listed()) == ["app"] and list(b.listed()) == ["web"]
-    assert _routed(caddy, "app.a.test") == "standin api-gw of app"
-    assert _routed(caddy, "web.b.test") == "standin api-gw of web"
-
-    def status(root: Root) -> dict:
-        st = json.loads(root.ok("--json", "caddy", "status").stdout)
-        assert st["extra"] == [] and st["extra_snippets"] == [], st
-        return st["instances"]
-
-    assert status(a) == {"app": "ok"} and status(b) == {"web": "ok"}
-    routes = caddy.routes()
-    a.ok("caddy", "sync")
-    b.ok("caddy", "sync")
-    assert caddy.routes() == routes
-
-    # Restarted, Caddy serves both from the snippets, without ids: each sync gives back its own
-    # ids and leaves the other's copy in place.
-    caddy.restart()
-    assert status(a) == {"app": "stale"} and status(b) == {"web": "stale"}
-    a.ok("caddy", "sync")
-    assert status(a) == {"app": "ok"} and status(b) == {"web": "stale"}
-    assert _routed(caddy, "web.b.test") == "standin api-gw of web"
-    b.ok("caddy", "sync")
-    assert status(a) == {"app": "ok"} and status(b) == {"web": "ok"}
-    assert _routed(caddy, "app.a.test") == "standin api-gw of app"
-
-    # B's delete --purge removes its own instance only.
-    theirs = _objects(docker_client, "app")
-    snippet = (a.root / "caddy" / "app.conf").read_text()
-    b.ok("delete", "web", "--purge", "--yes")
-    assert _objects(docker_client, "web") == {"containers": {}, "volumes": {}, "networks": {}}
-    assert _objects(docker_client, "app") == theirs
-    assert (a.root / "caddy" / "app.conf").read_text() == snippet
-    assert _routed(caddy, "web.b.test") == ""
-    assert _routed(caddy, "app.a.test") == "standin api-gw of app"
-    assert status(a) == {"app": "ok"} and status(b) == {}
-    gone = b.run("delete", "app", "--purge", "--yes")
-    assert gone.returncode == 1 and "no instance named 'app'" in gone.stderr
-    assert _objects(docker_client, "app") == theirs
-
-    a.ok("delete", "app", "--purge", "--yes")
-    assert _objects(docker_client, "app") == {"containers": {}, "volumes": {}, "networks": {}}
-    assert _routed(caddy, "app.a.test") == "" and caddy.routes() == []
 
 
 def test_a_claim_is_stale_only_for_a_root_gone_from_this_very_machine(tmp_path):

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 import yaml
 from python_on_whales import DockerClient
+from python_on_whales.exceptions import DockerException
 
 from controller.composeyaml import Override, Reset, load_yaml
 from tests.world import (
@@ -31,6 +32,7 @@ from tests.world import (
     write_loopback_ports_overlay,
     write_standin_overlay,
 )
+from tests.world.dockerworld import drop_endpoints
 from tests.world.standin import is_database
 
 
@@ -275,8 +277,9 @@ def test_overlay_replaces_run_fields_and_keeps_the_rest(tmp_path):
     assert services["minio-createbucket"]["entrypoint"].value == ["true"]
 
 
+# v0.8.2 alone is a part of v0.8.2 with every overlay (each of its services runs there too), and
+# every instance of test_lifecycle runs it whole through the product.
 STACKS = [
-    pytest.param("v0.8.2", (), id="v0.8.2"),
     pytest.param("v0.8.2", ("kong", "logs", "s3"), id="v0.8.2-kong-logs-s3"),
     pytest.param("2025-07-15", (), id="2025-07-15"),
 ]
@@ -301,6 +304,7 @@ def test_standin_overlay_runs_a_whole_stack(
     whales = DockerClient(
         compose_files=[*upstream, overlay, ports_file], compose_project_name=project
     )
+    containers: list = []
     try:
         whales.compose.up(detach=True, wait=True, wait_timeout=120)
         containers = whales.compose.ps(all=True)
@@ -327,5 +331,13 @@ def test_standin_overlay_runs_a_whole_stack(
         assert whales.execute(services["db"], check, envs={"PGPASSWORD": "f00dcafe"}) == "postgres"
         assert (folder / "volumes" / "db" / "data" / "PG_VERSION").exists()
     finally:
-        whales.compose.down(volumes=True, timeout=5)
+        try:
+            whales.compose.down(volumes=True, timeout=5)
+        except DockerException as exc:
+            # Docker Engine 20.10 at times keeps a removed container's endpoint (no fault of
+            # the stand-ins): drop it by name, as controller/compose.py does, and try again.
+            if "active endpoints" not in str(exc.stderr):
+                raise
+            drop_endpoints(docker_client, f"{project}_default", [c.name for c in containers])
+            whales.compose.down(volumes=True, timeout=5)
     assert whales.compose.ps(all=True) == []

@@ -102,7 +102,7 @@ def _refuse_restore_left(ctx: Context, name: str) -> None:
     NAME.json, controller/ops/restore.py): its rollback would remove what this create makes.
     `restore NAME` settles it, and so does `start NAME` while its record is there (a restore's
     new record is committed with the marker)."""
-    if not (ctx.settings.root / "restore" / f"{name}.json").exists():
+    if not ctx.settings.restore_marker(name).exists():
         return
     also = f" or `start {name}`" if name in ctx.store.read().instances else ""
     raise UsageError(

@@ -49,7 +49,8 @@ def wait_healthy(
     found: InstanceRecord | None = None,
 ) -> None:
     """Wait until the containers (of ``services``, or all) run, healthy where they have a
-    healthcheck; a one-shot job only has to exit 0. On the engine of ``host`` (named in the
+    healthcheck; a one-shot job only has to exit 0. An exited or unhealthy container fails the
+    wait at once (named in the error). On the engine of ``host`` (named in the
     messages; default: the host the record names), going by ``found`` (default: the record in
     the state): a move waits for a copy that its record does not name yet."""
     from controller.status import job_done
@@ -76,7 +77,9 @@ def wait_healthy(
         if line != last:
             progress(line)
             last = line
-        failed = [c for c in waiting if c.state in ("exited", "dead")]
+        # An unhealthy container has failed its check `retries` times in a row: compose's own
+        # `up --wait` and depends_on give up on it at once, and so do we.
+        failed = [c for c in waiting if c.state in ("exited", "dead") or c.health == "unhealthy"]
         if failed or time.monotonic() > deadline:
             culprit = (failed or waiting or [None])[0]
             what = (
@@ -261,6 +264,12 @@ def delete(ctx: Context, name: str, purge: bool = False, progress: Progress = qu
             raise OperationError(
                 f"a move of {name} to {found.move.target} is not settled: run `start {name}` "
                 "first (it finishes or undoes it)"
+            )
+        if ctx.settings.restore_marker(name).exists():
+            # Its rollback would bring back what this delete removes, or block `create NAME`.
+            raise OperationError(
+                f"a restore of {name} was interrupted: run `start {name}` first (it finishes or "
+                "undoes it)"
             )
         directory = ctx.settings.instance_dir(name)
         try:

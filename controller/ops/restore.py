@@ -110,7 +110,7 @@ def _restore_dir(settings: Settings) -> Path:
 
 
 def _marker_path(settings: Settings, name: str) -> Path:
-    return settings.root / "restore" / f"{name}.json"
+    return settings.restore_marker(name)
 
 
 def _write_marker(settings: Settings, name: str, data: dict) -> None:

@@ -391,7 +391,7 @@ def recover(ctx: Context, name: str, progress: Progress = quiet) -> str | None:
 def _unfinished_elsewhere(ctx: Context, name: str) -> bool:
     from controller.ops import rotate
 
-    restoring = ctx.settings.root / "restore" / f"{name}.json"
+    restoring = ctx.settings.restore_marker(name)
     return restoring.is_file() or rotate.pending(ctx, name)
 
 

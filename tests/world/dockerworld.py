@@ -3,9 +3,10 @@ every container, network and volume a test created."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -53,6 +54,31 @@ def _exclusive(lock_file: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def drop_endpoints(client: docker.DockerClient, network: str, containers: Iterable[str]) -> None:
+    """Force-disconnect from ``network`` the endpoints named as ``containers`` (the engine drops
+    an endpoint by its container's name even when no such container exists)."""
+    for name in containers:
+        with contextlib.suppress(docker.errors.APIError):
+            client.api.disconnect_container_from_network(name, network, force=True)
+
+
+def _remove_network(client: docker.DockerClient, network, containers: list[str]) -> None:
+    """Remove ``network``. Docker Engine 20.10 at times keeps the endpoint of a removed
+    container and then refuses ("has active endpoints") with nothing attached: the endpoints
+    named as ``containers`` or listed by the network are force-disconnected and the removal
+    tried once more."""
+    try:
+        network.remove()
+    except docker.errors.APIError as exc:
+        if "active endpoints" not in str(exc):
+            raise
+        with contextlib.suppress(docker.errors.APIError):
+            network.reload()
+        listed = [e.get("Name", "") for e in (network.attrs.get("Containers") or {}).values()]
+        drop_endpoints(client, network.id, {*containers, *filter(None, listed)})
+        network.remove()
 
 
 class DockerSandbox:
@@ -105,9 +131,12 @@ class DockerSandbox:
                 pass
             except docker.errors.APIError as exc:
                 errors.append(f"container {container.name}: {exc}")
+        gone = [c.name for c in self.new_containers()] + [
+            r.removeprefix("container ") for r in removed
+        ]
         for network in self.new_networks():
             try:
-                network.remove()
+                _remove_network(self.client, network, gone)
                 removed.append(f"network {network.name}")
             except docker.errors.NotFound:
                 pass

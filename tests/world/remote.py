@@ -19,6 +19,13 @@ master connections of every generated config of the ROOT are ended (and checked 
 control folder under /tmp removed), also after a delete that timed out, Caddy stops, and
 whatever is left on either engine is removed (the local engine's under the machine-wide lock).
 
+``shared_world`` (session-scoped, imported into tests/conftest.py): one such world, made once
+for the session by the first module that asks, with instance SHARED on the worker holding real
+rows and files and a first backup. Modules that leave it as they found it (tests/
+test_engine_clients.py, tests/test_remote_restore.py) take it through ``converge()`` instead of
+creating an instance of their own. It holds no local lock for the session, so that later
+modules' ``docker_sandbox`` does not wait on it.
+
 Beside it, what such modules read: ``psql`` in an instance's db container on either engine,
 ``write_rows`` / ``checksums`` (real rows to compare), ``worker_files`` (the storage files as the
 worker sees them).
@@ -36,6 +43,8 @@ import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
+
+import pytest
 
 from .caddy import CaddyProcess
 from .cli import CliRoot
@@ -71,6 +80,50 @@ class RemoteRoot(CliRoot):
 
 W = TypeVar("W", bound=RemoteRoot)
 
+# The session's shared instance on the worker (``shared_world``).
+SHARED = "shr"  # no other module names an instance so: it lives the whole session
+
+
+class SharedWorld(RemoteRoot):
+    """The world of ``shared_world``: instance SHARED on the worker, with the rows and files
+    ``write_data`` wrote, ``backup`` (the id of its first backup), ``expected`` (its ``rows``)
+    and ``expected_files`` (its ``worker_files``) as they were then."""
+
+    backup: str
+    expected: dict
+    expected_files: dict[str, str]
+
+    def folder(self, name: str = SHARED) -> Path:
+        return self.root / "instances" / name
+
+    def state(self) -> dict:
+        return json.loads((self.root / "state.json").read_text())
+
+    def root_id(self) -> str:
+        return (self.root / "root-id").read_text().strip()
+
+    def converge(self) -> SharedWorld:
+        """The worker back (a module since may have stopped its link, sshd or engine) and the
+        instance running there (a stopped engine stops its containers): a module's start."""
+        _revive(self.worker)
+        close_masters(self.root)  # a master to an sshd restarted since would hang
+        label = {"label": f"com.docker.compose.project={SHARED}"}
+        found = self.client.containers.list(all=True, filters=label)
+        if not found or not all(map(_settled, found)):
+            self.run("start", SHARED)  # waits until every service is healthy
+        return self
+
+
+def _settled(container) -> bool:
+    """Running and healthy (or without a health check), or a one-shot job (never restarted)
+    that exited 0. A service stopped with its engine may have exited 0 too: not settled."""
+    state = container.attrs["State"]
+    if state["Status"] == "exited":
+        policy = container.attrs["HostConfig"].get("RestartPolicy", {}).get("Name", "")
+        return state["ExitCode"] == 0 and policy in ("", "no")
+    health = state.get("Health", {}).get("Status")
+    return state["Status"] == "running" and health in (None, "healthy")
+
 
 @contextlib.contextmanager
 def remote_world(
@@ -86,11 +139,18 @@ def remote_world(
     instance: str | None = None,
     on: str = HOST,
     extra_compose: Sequence[Path] = (),
+    lock_local: bool = True,
 ) -> Iterator[W]:
     """The world, in ``base`` (ROOT is base/root): the upstream ``fixture`` imported as
     ``template``, the worker added as HOST (``--bind`` its address when ``bind``), and with
     ``instance`` that instance created on host ``on`` with the stand-in overlay of ``template``
-    and then ``extra_compose``."""
+    and then ``extra_compose``.
+
+    With ``lock_local`` the local engine is sandboxed (under the machine-wide lock) while the
+    world lasts. Without it (a world that outlives its module: ``shared_world``) nothing here
+    holds that lock, which a later module's ``docker_sandbox`` takes in this same process: the
+    world's instances then live on the worker only, and a test that makes anything on the local
+    engine takes ``docker_sandbox`` itself."""
     root = base / "root"
     root.mkdir()
     client = worker.client()
@@ -98,7 +158,8 @@ def remote_world(
         on_worker = DockerSandbox(client)
         _revive(worker)
         on_worker.snapshot()
-        with DockerSandbox(docker_client).session():
+        local = DockerSandbox(docker_client).session() if lock_local else contextlib.nullcontext()
+        with local:
             caddy = CaddyProcess(root, base / "caddy-run")
             try:
                 caddy.start()
@@ -130,6 +191,31 @@ def remote_world(
                     on_worker.cleanup()
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def shared_world(tmp_path_factory, docker_client, worker) -> Iterator[SharedWorld]:
+    """One instance on the worker for the modules that read it or leave it as they found it
+    (rows and files equal to ``expected``, running on the worker): made once per session by
+    the first module that asks (imported into tests/conftest.py, so that it is one fixture).
+    Take it through ``shared_world.converge()`` in a module fixture. It holds no local lock
+    (see ``remote_world``): a test that acts on the local engine takes ``docker_sandbox``."""
+    base = tmp_path_factory.mktemp("shared-remote")
+    with remote_world(
+        base,
+        docker_client,
+        worker,
+        world=SharedWorld,
+        env=DEBUG,
+        instance=SHARED,
+        lock_local=False,
+    ) as w:
+        write_data(w)
+        w.backup = w.json("backup", SHARED)["backup"]
+        w.expected = rows(SHARED, worker.engine_url)
+        w.expected_files = worker_files(worker, w.folder())
+        assert w.expected_files and w.expected["role"] == "app_user"
+        yield w
 
 
 def _revive(worker) -> None:
@@ -253,3 +339,20 @@ def checksums(name: str, engine: str | None = None) -> dict[str, str]:
         )
         for table in TABLES
     }
+
+
+def rows(name: str, engine: str | None = None) -> dict:
+    """What a user compares: the count and checksum of each table, and the role."""
+    role = psql(name, "select rolname from pg_roles where rolname = 'app_user'", engine)
+    return {**checksums(name, engine), "role": role}
+
+
+def write_data(world: SharedWorld) -> None:
+    """The shared instance's data, on the worker: ``write_rows`` (20000 events) and two storage
+    files (1 MiB of random bytes and a note)."""
+    write_rows(SHARED, 20000, world.worker.engine_url)
+    bucket = world.folder() / STORAGE / "stub" / "bucket"
+    world.worker.run(
+        f"mkdir -p {bucket} && head -c 1048576 /dev/urandom > {bucket}/photo.bin"
+        f" && echo 'hello from storage' > {bucket}/note.txt"
+    )
